@@ -1,0 +1,124 @@
+"""Box math shared by every stage: conversions, the 0-1000 grid, IoU, visible fraction.
+
+All functions take and return numpy arrays of shape ``(..., 4)`` and are vectorised; no
+other module re-implements any of this. Pixel boxes are ``xyxy`` floats; ``grid``
+coordinates are integers on Qwen2-VL's 0-1000 grid. This module knows nothing about
+text, datasets or models.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+GRID = 1000
+
+
+def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """COCO ``[x, y, w, h]`` to ``[x1, y1, x2, y2]``."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    out = boxes.copy()
+    out[..., 2] = boxes[..., 0] + boxes[..., 2]
+    out[..., 3] = boxes[..., 1] + boxes[..., 3]
+    return out
+
+
+def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
+    """``[x1, y1, x2, y2]`` to COCO ``[x, y, w, h]``."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    out = boxes.copy()
+    out[..., 2] = boxes[..., 2] - boxes[..., 0]
+    out[..., 3] = boxes[..., 3] - boxes[..., 1]
+    return out
+
+
+def _sizes(width, height) -> np.ndarray:
+    """Broadcastable ``[w, h, w, h]`` array for per-box or scalar image sizes."""
+    width = np.asarray(width, dtype=np.float64)
+    height = np.asarray(height, dtype=np.float64)
+    return np.stack([width, height, width, height], axis=-1)
+
+
+def to_grid(boxes: np.ndarray, width, height) -> np.ndarray:
+    """Pixel xyxy to integer grid coordinates: ``round(v / size * 1000)`` clamped to 0..1000."""
+    scaled = np.asarray(boxes, dtype=np.float64) / _sizes(width, height) * GRID
+    # floor(x + 0.5): rounds halves up, the same on every platform (np.round is half-to-even).
+    return np.clip(np.floor(scaled + 0.5), 0, GRID).astype(np.int64)
+
+
+def from_grid(grid: np.ndarray, width, height) -> np.ndarray:
+    """Grid coordinates back to pixel xyxy (the centre of the grid step, clamped to the image)."""
+    pixels = np.asarray(grid, dtype=np.float64) / GRID * _sizes(width, height)
+    return clip(pixels, width, height)
+
+
+def clip(boxes: np.ndarray, width, height) -> np.ndarray:
+    """Clamp xyxy boxes to the image ``[0, width] x [0, height]``."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    return np.clip(boxes, 0.0, _sizes(width, height))
+
+
+def area(boxes: np.ndarray) -> np.ndarray:
+    """Area of xyxy boxes (zero for empty or inverted boxes)."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    w = np.clip(boxes[..., 2] - boxes[..., 0], 0.0, None)
+    h = np.clip(boxes[..., 3] - boxes[..., 1], 0.0, None)
+    return w * h
+
+
+def intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection areas of ``a (..., N, 4)`` and ``b (..., M, 4)``: ``(..., N, M)``."""
+    a = np.asarray(a, dtype=np.float64)[..., :, None, :]
+    b = np.asarray(b, dtype=np.float64)[..., None, :, :]
+    w = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
+    h = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
+    return np.clip(w, 0.0, None) * np.clip(h, 0.0, None)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of ``a (..., N, 4)`` and ``b (..., M, 4)``: ``(..., N, M)``; 0 where the union is 0."""
+    inter = intersection(a, b)
+    union = area(a)[..., :, None] + area(b)[..., None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def visible_fraction(objects: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """``area(object ∩ region) / area(object)`` for every pair: ``(..., N_objects, M_regions)``."""
+    inter = intersection(objects, regions)
+    obj_area = area(objects)[..., :, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(obj_area > 0, inter / np.where(obj_area > 0, obj_area, 1.0), 0.0)
+
+
+def reading_order(boxes: np.ndarray) -> np.ndarray:
+    """Indices that sort boxes top to bottom, then left to right (stable)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.lexsort((boxes[:, 0], boxes[:, 1]))
+
+
+def smart_resize(
+    height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 14 * 14 * 4 * 1280
+) -> tuple[int, int]:
+    """The Qwen2-VL processor's resize: ``(height, width)`` as multiples of ``factor`` within the pixel budget.
+
+    Mirrors ``transformers.models.qwen2_vl.image_processing_qwen2_vl.smart_resize`` (tested against it),
+    so that the data path can compute the resized size without importing transformers.
+    """
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(
+            f"Image of {width}x{height} has an aspect ratio over 200, which Qwen2-VL's processor refuses; "
+            "crop or pad it first."
+        )
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar

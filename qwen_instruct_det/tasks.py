@@ -1,0 +1,361 @@
+"""The five task generators: from a :class:`~qwen_instruct_det.coco.CocoIndex` to rows of text.
+
+Each generator returns :class:`TaskRows`: for every row the image it belongs to, the
+prompt text, the target text and, for the region tasks, the region and the visible
+fraction. Generators are pure (the same index, options and seed give the same rows) and
+work on whole columns: text is assembled from vectorised box strings, and region sampling
+draws many candidates for all objects of many images in one numpy call (images are
+grouped by object count so the padding stays small). No I/O here; ``builder.py`` turns
+rows into Arrow tables.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import boxes as B
+from .coco import CocoIndex
+from .formats import NO_OBJECTS, get_box_format
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("detection", "count", "full_region", "partial_region", "none_region")
+
+DETECTION_PROMPT = "Draw the bounding box of objects"
+DETECTION_PARAPHRASES = (
+    DETECTION_PROMPT,
+    "Locate every object in the image and give its bounding box.",
+    "Detect all objects in the image and output their bounding boxes.",
+    "Find the objects in this image and draw a box around each one.",
+)
+COUNT_PROMPT = "Please count how many objects of each category are in the image."
+REGION_PROMPT = "What does the area {region} contain?"
+FULL_TARGET = 'The area {region} fully contains a "{name}".'
+PARTIAL_TARGET = 'The area {region} partially contains a "{name}", about {percent}% is visible.'
+NONE_TARGET = "The area {region} does not contain any object from the {dataset} categories."
+
+OTHER_MAX = 0.05  # the most of any other object a full or partial region may show
+PARTIAL_MIN, PARTIAL_MAX = 0.2, 0.8
+_TASK_SEED = {name: i for i, name in enumerate(TASKS)}
+_CHUNK_BUDGET = 2_000_000  # candidate x object pairs per numpy call
+
+
+@dataclass
+class TaskOptions:
+    """What the generators need beyond the index (the builder config carries these)."""
+
+    dataset_name: str = "COCO"
+    box_format: str = "qwen2"
+    regions_per_object: int = 1
+    seed: int = 0
+    detection_prompt: str = "fixed"  # or "varied": a seeded choice among DETECTION_PARAPHRASES
+    list_categories: bool = False
+    min_pixels: int = 56 * 56
+    max_pixels: int = 14 * 14 * 4 * 1280
+    candidates: int = 64
+
+
+@dataclass
+class TaskRows:
+    """Rows of one task as columns; ``image`` indexes the images of the index."""
+
+    task: str
+    image: np.ndarray
+    prompt: list[str]
+    completion: list[str]
+    region: np.ndarray | None = None  # (n, 4) pixel xyxy
+    visible_fraction: np.ndarray | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+
+@dataclass
+class Objects:
+    """The index's boxes split into targets (non-crowd, sorted by image, category, reading order) and crowd."""
+
+    index: CocoIndex
+    image: np.ndarray
+    category: np.ndarray
+    xyxy: np.ndarray
+    start: np.ndarray  # per image, into the non-crowd arrays
+    crowd_image: np.ndarray
+    crowd_xyxy: np.ndarray
+    crowd_start: np.ndarray
+
+    @classmethod
+    def from_index(cls, index: CocoIndex) -> "Objects":
+        keep = ~index.ann_crowd
+        image, cat, xyxy = index.ann_image[keep], index.ann_category[keep], index.ann_xyxy[keep]
+        order = np.lexsort((xyxy[:, 0], xyxy[:, 1], cat, image))
+        n = index.num_images
+        crowd = index.ann_crowd
+        return cls(
+            index=index,
+            image=image[order],
+            category=cat[order],
+            xyxy=xyxy[order],
+            start=_starts(image, n),
+            crowd_image=index.ann_image[crowd],
+            crowd_xyxy=index.ann_xyxy[crowd],
+            crowd_start=_starts(index.ann_image[crowd], n),
+        )
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.start)
+
+    def input_sizes(self, opts: TaskOptions) -> np.ndarray | None:
+        """Per image ``(width, height)`` after the processor's resize; only formats that need it get it."""
+        if not get_box_format(opts.box_format).needs_input_size:
+            return None
+        out = np.empty((self.index.num_images, 2), dtype=np.int64)
+        for i, (w, h) in enumerate(zip(self.index.widths.tolist(), self.index.heights.tolist())):
+            rh, rw = B.smart_resize(h, w, min_pixels=opts.min_pixels, max_pixels=opts.max_pixels)
+            out[i] = (rw, rh)
+        return out
+
+
+def _starts(sorted_image: np.ndarray, n_images: int) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(np.bincount(sorted_image, minlength=n_images))]).astype(np.int64)
+
+
+def _box_texts(objs: Objects, fmt_name: str, xyxy: np.ndarray, image: np.ndarray, input_sizes) -> list[str]:
+    fmt = get_box_format(fmt_name)
+    idx = objs.index
+    sizes = None if input_sizes is None else input_sizes[image]
+    return fmt.box_texts(xyxy, idx.widths[image], idx.heights[image], sizes)
+
+
+def detection(objs: Objects, opts: TaskOptions) -> TaskRows:
+    """One row per image: every non-crowd object, grouped by category in id order, boxes in reading order."""
+    idx = objs.index
+    fmt = get_box_format(opts.box_format)
+    texts = _box_texts(objs, opts.box_format, objs.xyxy, objs.image, objs.input_sizes(opts))
+    names = idx.category_names
+    empty = NO_OBJECTS.format(dataset=opts.dataset_name)
+    completions = []
+    starts = objs.start.tolist()
+    cats = objs.category.tolist()
+    for i in range(idx.num_images):
+        a, b = starts[i], starts[i + 1]
+        completions.append(fmt.assemble(texts[a:b], [names[c] for c in cats[a:b]]) if b > a else empty)
+    prompts = _detection_prompts(idx.num_images, opts, names)
+    return TaskRows("detection", np.arange(idx.num_images), prompts, completions)
+
+
+def _detection_prompts(n: int, opts: TaskOptions, names: list[str]) -> list[str]:
+    if opts.detection_prompt == "fixed":
+        prompts = [DETECTION_PROMPT] * n
+    elif opts.detection_prompt == "varied":
+        rng = np.random.default_rng([opts.seed, _TASK_SEED["detection"]])
+        prompts = [DETECTION_PARAPHRASES[k] for k in rng.integers(0, len(DETECTION_PARAPHRASES), n).tolist()]
+    else:
+        raise ValueError(f"detection_prompt must be 'fixed' or 'varied', got {opts.detection_prompt!r}.")
+    if opts.list_categories:
+        suffix = " Categories: " + ", ".join(names) + "."
+        prompts = [p + suffix for p in prompts]
+    return prompts
+
+
+def count(objs: Objects, opts: TaskOptions) -> TaskRows:
+    """One row per image without crowd annotations: ``NAME: N`` per category present, in id order."""
+    idx = objs.index
+    has_crowd = np.diff(objs.crowd_start) > 0
+    names = idx.category_names
+    key = objs.image * len(names) + objs.category
+    uniq, n = np.unique(key, return_counts=True)  # sorted: image, then category id
+    u_img = (uniq // len(names)).tolist()
+    u_cat = (uniq % len(names)).tolist()
+    lines: list[list[str]] = [[] for _ in range(idx.num_images)]
+    for i, c, k in zip(u_img, u_cat, n.tolist()):
+        lines[i].append(f"{names[c]}: {k}")
+    empty = NO_OBJECTS.format(dataset=opts.dataset_name)
+    keep = np.flatnonzero(~has_crowd)
+    completions = ["\n".join(lines[i]) if lines[i] else empty for i in keep.tolist()]
+    return TaskRows("count", keep, [COUNT_PROMPT] * len(keep), completions, skipped={"images_with_crowd": int(has_crowd.sum())})
+
+
+def _snap_outward(regions: np.ndarray, w: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Grow regions to the 0-1000 grid so the text states exactly the stored pixel region."""
+    size = np.stack([w, h, w, h], axis=-1).astype(np.float64)
+    g = regions / size * B.GRID
+    g = np.concatenate([np.floor(g[..., :2] + 1e-9), np.ceil(g[..., 2:] - 1e-9)], axis=-1)
+    return np.clip(g, 0, B.GRID) / B.GRID * size
+
+
+def _chunks(counts: np.ndarray, candidates: int):
+    """Image indices grouped by object count, each group sized to the numpy budget."""
+    order = np.argsort(counts, kind="stable")
+    i = 0
+    while i < len(order):
+        peek = counts[order[min(i + 4096, len(order)) - 1]]
+        size = int(np.clip(_CHUNK_BUDGET // (candidates * max(int(peek), 1) ** 2), 1, 4096))
+        yield order[i : i + size]
+        i += size
+
+
+def _pad(start: np.ndarray, xyxy: np.ndarray, images: np.ndarray, width: int):
+    """``(len(images), width, 4)`` boxes of each image and the validity mask."""
+    counts = start[images + 1] - start[images]
+    valid = np.arange(width)[None, :] < counts[:, None]
+    rows, cols = np.nonzero(valid)
+    out = np.zeros((len(images), width, 4))
+    out[rows, cols] = xyxy[start[images][rows] + cols]
+    return out, valid
+
+
+def _object_regions(objs: Objects, opts: TaskOptions, task: str):
+    """Sample a full or partial region for each target object; NaN where none satisfies the rule."""
+    idx = objs.index
+    R, K = opts.regions_per_object, opts.candidates
+    n_targets = len(objs.image) * R
+    region = np.full((n_targets, 4), np.nan)
+    fraction = np.full(n_targets, np.nan)
+    counts = objs.counts
+    for c, images in enumerate(_chunks(counts, K * R)):
+        width = int(counts[images].max())
+        if width == 0:
+            continue
+        rng = np.random.default_rng([opts.seed, _TASK_SEED[task], c])
+        padded, valid = _pad(objs.start, objs.xyxy, images, width)
+        b, j = np.nonzero(valid)
+        target = np.repeat((objs.start[images][b] + j) * R, R) + np.tile(np.arange(R), len(b))
+        b, j = np.repeat(b, R), np.repeat(j, R)
+        T = len(b)
+        box = padded[b, j]
+        W = idx.widths[images][b].astype(np.float64)[:, None]
+        H = idx.heights[images][b].astype(np.float64)[:, None]
+        bw, bh = (box[:, 2] - box[:, 0])[:, None], (box[:, 3] - box[:, 1])[:, None]
+        if task == "full_region":
+            # margins shrink along the candidates, down to the object's own box last
+            scale = np.linspace(0.5, 0.0, K)[None, :, None]
+            m = rng.random((T, K, 4)) * scale * np.stack([bw, bh, bw, bh], axis=-1)
+            cand = box[:, None, :] + m * np.array([-1, -1, 1, 1])
+        else:
+            sw = bw * rng.uniform(0.5, 1.5, (T, K))
+            sh = bh * rng.uniform(0.5, 1.5, (T, K))
+            cx = (box[:, 0:1] + box[:, 2:3]) / 2 + bw * rng.uniform(-0.8, 0.8, (T, K))
+            cy = (box[:, 1:2] + box[:, 3:4]) / 2 + bh * rng.uniform(-0.8, 0.8, (T, K))
+            cand = np.stack([cx - sw / 2, cy - sh / 2, cx + sw / 2, cy + sh / 2], axis=-1)
+        cand = _snap_outward(B.clip(cand, W, H), W, H)
+        frac = B.visible_fraction(padded[b], cand)  # (T, width, K)
+        own = frac[np.arange(T), j]
+        frac[np.arange(T), j] = 0.0
+        frac[~valid[b]] = 0.0
+        ok = (frac.max(axis=1) <= OTHER_MAX) & (cand[..., 2] > cand[..., 0]) & (cand[..., 3] > cand[..., 1])
+        if task == "full_region":
+            ok &= own >= 1.0 - 1e-9
+        else:
+            ok &= (own >= PARTIAL_MIN) & (own <= PARTIAL_MAX)
+        first = ok.argmax(axis=1)
+        found = ok[np.arange(T), first]
+        region[target[found]] = cand[found, first[found]]
+        fraction[target[found]] = own[found, first[found]]
+    return region, fraction
+
+
+def _region_rows(objs: Objects, opts: TaskOptions, task: str) -> TaskRows:
+    region, fraction = _object_regions(objs, opts, task)
+    found = ~np.isnan(fraction)
+    R = opts.regions_per_object
+    obj = np.flatnonzero(found) // R
+    image = objs.image[obj]
+    texts = _box_texts(objs, opts.box_format, region[found], image, objs.input_sizes(opts))
+    names = [objs.index.category_names[c] for c in objs.category[obj].tolist()]
+    prompts = [REGION_PROMPT.format(region=t) for t in texts]
+    if task == "full_region":
+        completions = [FULL_TARGET.format(region=t, name=n) for t, n in zip(texts, names)]
+    else:
+        percents = (np.floor(fraction[found] * 10 + 0.5) * 10).astype(int).tolist()
+        completions = [PARTIAL_TARGET.format(region=t, name=n, percent=p) for t, n, p in zip(texts, names, percents)]
+    skipped = {"objects_without_region": int((~found).sum())}
+    if skipped["objects_without_region"]:
+        logger.info("%s: no valid region for %d of %d object draws", task, skipped["objects_without_region"], len(found))
+    return TaskRows(task, image, prompts, completions, region[found], fraction[found], skipped)
+
+
+def full_region(objs: Objects, opts: TaskOptions) -> TaskRows:
+    """Per object: a region holding it entirely and at most 5% of any other object."""
+    return _region_rows(objs, opts, "full_region")
+
+
+def partial_region(objs: Objects, opts: TaskOptions) -> TaskRows:
+    """Per object: a region showing 20-80% of it and at most 5% of any other object."""
+    return _region_rows(objs, opts, "partial_region")
+
+
+def none_region(objs: Objects, opts: TaskOptions) -> TaskRows:
+    """Per image: regions sized like the image's objects that overlap no box, crowd boxes included."""
+    idx = objs.index
+    R, K = opts.regions_per_object, opts.candidates
+    n = idx.num_images
+    # every box, crowd included, sorted by image
+    all_image = np.concatenate([objs.image, objs.crowd_image])
+    order = np.argsort(all_image, kind="stable")
+    occupied = np.concatenate([objs.xyxy, objs.crowd_xyxy])[order]
+    occ_start = _starts(all_image[order], n)
+    occ_counts = np.diff(occ_start)
+    region = np.full((n * R, 4), np.nan)
+    for c, images in enumerate(_chunks(occ_counts, K * R)):
+        rng = np.random.default_rng([opts.seed, _TASK_SEED["none_region"], c])
+        width = max(int(occ_counts[images].max()), 1)
+        padded, valid = _pad(occ_start, occupied, images, width)
+        b = np.repeat(np.arange(len(images)), R)
+        target = np.repeat(images * R, R) + np.tile(np.arange(R), len(images))
+        T = len(b)
+        img = images[b]
+        W = idx.widths[img].astype(np.float64)[:, None]
+        H = idx.heights[img].astype(np.float64)[:, None]
+        n_obj = objs.counts[img][:, None]
+        pick = objs.start[img][:, None] + np.floor(rng.random((T, K)) * np.maximum(n_obj, 1)).astype(np.int64)
+        pick = np.minimum(pick, max(len(objs.xyxy) - 1, 0))
+        if len(objs.xyxy):
+            src = objs.xyxy[pick]
+            sw, sh = src[..., 2] - src[..., 0], src[..., 3] - src[..., 1]
+        else:
+            sw = sh = np.zeros((T, K))
+        no_obj = n_obj == 0
+        sw = np.where(no_obj, W * rng.uniform(0.1, 0.5, (T, K)), sw)
+        sh = np.where(no_obj, H * rng.uniform(0.1, 0.5, (T, K)), sh)
+        sw, sh = np.minimum(sw, W), np.minimum(sh, H)
+        x1 = rng.random((T, K)) * (W - sw)
+        y1 = rng.random((T, K)) * (H - sh)
+        cand = _snap_outward(np.stack([x1, y1, x1 + sw, y1 + sh], axis=-1), W, H)
+        inter = B.intersection(padded[b], cand)  # (T, width, K)
+        inter[~valid[b]] = 0.0
+        ok = (inter.max(axis=1) <= 0.0) & (cand[..., 2] > cand[..., 0]) & (cand[..., 3] > cand[..., 1])
+        first = ok.argmax(axis=1)
+        found = ok[np.arange(T), first]
+        region[target[found]] = cand[found, first[found]]
+    found = ~np.isnan(region[:, 0])
+    image = np.flatnonzero(found) // R
+    texts = _box_texts(objs, opts.box_format, region[found], image, objs.input_sizes(opts))
+    prompts = [REGION_PROMPT.format(region=t) for t in texts]
+    completions = [NONE_TARGET.format(region=t, dataset=opts.dataset_name) for t in texts]
+    skipped = {"images_without_region": int((~found).sum())}
+    return TaskRows("none_region", image, prompts, completions, region[found], np.zeros(int(found.sum())), skipped)
+
+
+GENERATORS = {
+    "detection": detection,
+    "count": count,
+    "full_region": full_region,
+    "partial_region": partial_region,
+    "none_region": none_region,
+}
+
+
+def generate(task: str, objs: Objects, opts: TaskOptions) -> TaskRows:
+    """Rows of ``task`` for every image of ``objs``."""
+    try:
+        generator = GENERATORS[task]
+    except KeyError:
+        raise ValueError(f"Unknown task {task!r}; choose one of {list(TASKS)}.") from None
+    if opts.regions_per_object < 1:
+        raise ValueError(f"regions_per_object must be at least 1, got {opts.regions_per_object}.")
+    return generator(objs, opts)
