@@ -56,14 +56,14 @@ def from_grid(grid: np.ndarray, width, height) -> np.ndarray:
 def clip(boxes: np.ndarray, width, height) -> np.ndarray:
     """Clamp xyxy boxes to the image ``[0, width] x [0, height]``."""
     boxes = np.asarray(boxes, dtype=np.float64)
-    return np.clip(boxes, 0.0, _sizes(width, height))
+    return np.minimum(np.maximum(boxes, 0.0), _sizes(width, height))
 
 
 def area(boxes: np.ndarray) -> np.ndarray:
     """Area of xyxy boxes (zero for empty or inverted boxes)."""
     boxes = np.asarray(boxes, dtype=np.float64)
-    w = np.clip(boxes[..., 2] - boxes[..., 0], 0.0, None)
-    h = np.clip(boxes[..., 3] - boxes[..., 1], 0.0, None)
+    w = np.maximum(boxes[..., 2] - boxes[..., 0], 0.0)
+    h = np.maximum(boxes[..., 3] - boxes[..., 1], 0.0)
     return w * h
 
 
@@ -73,7 +73,9 @@ def intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b = np.asarray(b, dtype=np.float64)[..., None, :, :]
     w = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
     h = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
-    return np.clip(w, 0.0, None) * np.clip(h, 0.0, None)
+    np.maximum(w, 0.0, out=w)
+    np.maximum(h, 0.0, out=h)
+    return w * h
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -68,7 +68,8 @@ class QwenInstructDetConfig(datasets.BuilderConfig):
     """A seeded random subset of this many images per split."""
     categories: list | None = None
     """Keep only these category names."""
-    dataset_name: str = "COCO"
+    display_name: str = "COCO"
+    """The data set's name in answers (none_region: "... from the {display_name} categories")."""
     regions_per_object: int = 1
     box_format: str = "qwen2"
     keep_empty: bool = True
@@ -88,8 +89,7 @@ class QwenInstructDetConfig(datasets.BuilderConfig):
             raise ValueError(f"Unknown box_format {self.box_format!r}; choose one of {sorted(BOX_FORMATS)}.")
 
     def task_options(self) -> TaskOptions:
-        names = {f.name for f in fields(TaskOptions)}
-        return TaskOptions(**{k: getattr(self, k) for k in names if hasattr(self, k)})
+        return TaskOptions(**{f.name: getattr(self, f.name) for f in fields(TaskOptions) if hasattr(self, f.name)})
 
 
 class QwenInstructDet(datasets.ArrowBasedBuilder):
@@ -109,6 +109,8 @@ class QwenInstructDet(datasets.ArrowBasedBuilder):
 
     def _split_generators(self, dl_manager):
         files = self._split_files()
+        for annotation_file, image_dir in files.values():
+            prepare_index(annotation_file, image_dir, self.config)  # bad input stops here, unwrapped by datasets
         return [datasets.SplitGenerator(name=split, gen_kwargs={"split": split, "annotation_file": a, "image_dir": d}) for split, (a, d) in files.items()]
 
     def _split_files(self) -> dict[str, tuple[str, str]]:

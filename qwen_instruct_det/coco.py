@@ -73,7 +73,7 @@ class CocoIndex:
         mask[self.ann_image[self.ann_crowd]] = True
         return mask
 
-    def select_images(self, keep: np.ndarray) -> "CocoIndex":
+    def select_images(self, keep: np.ndarray) -> CocoIndex:
         """A new index with only the images where ``keep`` (bool mask or sorted indices) holds."""
         keep_idx = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=np.int64)
         remap = np.full(self.num_images, -1, dtype=np.int64)
@@ -81,7 +81,7 @@ class CocoIndex:
         ann_keep = remap[self.ann_image] >= 0
         return self._replace(keep_idx, remap, ann_keep)
 
-    def select_categories(self, names: list[str]) -> "CocoIndex":
+    def select_categories(self, names: list[str]) -> CocoIndex:
         """A new index keeping only annotations of the named categories (all images stay)."""
         known = {n: i for i, n in enumerate(self.category_names)}
         missing = [n for n in names if n not in known]
@@ -96,7 +96,7 @@ class CocoIndex:
         all_images = np.arange(self.num_images)
         return self._replace(all_images, all_images, ann_keep)
 
-    def _replace(self, keep_idx: np.ndarray, remap: np.ndarray, ann_keep: np.ndarray) -> "CocoIndex":
+    def _replace(self, keep_idx: np.ndarray, remap: np.ndarray, ann_keep: np.ndarray) -> CocoIndex:
         ann_image = remap[self.ann_image[ann_keep]]
         counts = np.bincount(ann_image, minlength=len(keep_idx))
         return CocoIndex(

@@ -43,7 +43,7 @@ class SynthOptions:
     textured_fraction: float = 0.4
     min_object_fraction: float = 0.15  # object side as a fraction of the image's shorter side
     max_object_fraction: float = 0.45
-    max_iou: float = 0.4  # overlapping objects are allowed, hidden ones are not
+    max_iou: float = 0.2  # overlapping objects are allowed, hidden ones are not
     categories: int = len(CATEGORIES)
 
 

@@ -47,7 +47,7 @@ _CHUNK_BUDGET = 2_000_000  # candidate x object pairs per numpy call
 class TaskOptions:
     """What the generators need beyond the index (the builder config carries these)."""
 
-    dataset_name: str = "COCO"
+    display_name: str = "COCO"
     box_format: str = "qwen2"
     regions_per_object: int = 1
     seed: int = 0
@@ -88,7 +88,7 @@ class Objects:
     crowd_start: np.ndarray
 
     @classmethod
-    def from_index(cls, index: CocoIndex) -> "Objects":
+    def from_index(cls, index: CocoIndex) -> Objects:
         keep = ~index.ann_crowd
         image, cat, xyxy = index.ann_image[keep], index.ann_category[keep], index.ann_xyxy[keep]
         order = np.lexsort((xyxy[:, 0], xyxy[:, 1], cat, image))
@@ -137,7 +137,7 @@ def detection(objs: Objects, opts: TaskOptions) -> TaskRows:
     fmt = get_box_format(opts.box_format)
     texts = _box_texts(objs, opts.box_format, objs.xyxy, objs.image, objs.input_sizes(opts))
     names = idx.category_names
-    empty = NO_OBJECTS.format(dataset=opts.dataset_name)
+    empty = NO_OBJECTS.format(dataset=opts.display_name)
     completions = []
     starts = objs.start.tolist()
     cats = objs.category.tolist()
@@ -174,7 +174,7 @@ def count(objs: Objects, opts: TaskOptions) -> TaskRows:
     lines: list[list[str]] = [[] for _ in range(idx.num_images)]
     for i, c, k in zip(u_img, u_cat, n.tolist()):
         lines[i].append(f"{names[c]}: {k}")
-    empty = NO_OBJECTS.format(dataset=opts.dataset_name)
+    empty = NO_OBJECTS.format(dataset=opts.display_name)
     keep = np.flatnonzero(~has_crowd)
     completions = ["\n".join(lines[i]) if lines[i] else empty for i in keep.tolist()]
     return TaskRows("count", keep, [COUNT_PROMPT] * len(keep), completions, skipped={"images_with_crowd": int(has_crowd.sum())})
@@ -209,6 +209,33 @@ def _pad(start: np.ndarray, xyxy: np.ndarray, images: np.ndarray, width: int):
     return out, valid
 
 
+def _first_valid(n: int, candidates: int, propose, check, block: int = 8):
+    """The first proposed region per target that ``check`` accepts.
+
+    Candidates are drawn and tested a block at a time for the targets still unresolved, so
+    easy targets cost one block. ``propose(rows, k0, k) -> (t, k, 4)`` regions for targets
+    ``rows`` (candidate numbers ``k0..k0+k``); ``check(rows, regions) -> (ok (t, k), value (t, k))``.
+    Returns (found, region, value) per target.
+    """
+    found = np.zeros(n, dtype=bool)
+    chosen = np.full((n, 4), np.nan)
+    value = np.full(n, np.nan)
+    rows = np.arange(n)
+    for k0 in range(0, candidates, block):
+        if len(rows) == 0:
+            break
+        part = propose(rows, k0, min(block, candidates - k0))
+        ok, val = check(rows, part)
+        first = ok.argmax(axis=1)
+        hit = ok[np.arange(len(rows)), first]
+        done = rows[hit]
+        found[done] = True
+        chosen[done] = part[hit, first[hit]]
+        value[done] = val[hit, first[hit]]
+        rows = rows[~hit]
+    return found, chosen, value
+
+
 def _object_regions(objs: Objects, opts: TaskOptions, task: str):
     """Sample a full or partial region for each target object; NaN where none satisfies the rule."""
     idx = objs.index
@@ -230,32 +257,47 @@ def _object_regions(objs: Objects, opts: TaskOptions, task: str):
         box = padded[b, j]
         W = idx.widths[images][b].astype(np.float64)[:, None]
         H = idx.heights[images][b].astype(np.float64)[:, None]
-        bw, bh = (box[:, 2] - box[:, 0])[:, None], (box[:, 3] - box[:, 1])[:, None]
+        bw, bh = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
+        scale = np.linspace(0.5, 0.0, K)  # full: margins shrink along the candidates, to the object's own box
+
+        def propose(rows, k0, k, _box=box, _bw=bw, _bh=bh, _W=W, _H=H, _rng=rng):
+            bx, w, h = _box[rows, None, :], _bw[rows, None], _bh[rows, None]
+            t = len(rows)
+            if task == "full_region":
+                m = _rng.random((t, k, 4)) * scale[None, k0 : k0 + k, None] * np.stack([w, h, w, h], axis=-1)
+                cand = bx + m * np.array([-1.0, -1.0, 1.0, 1.0])
+            else:
+                sw, sh = w * _rng.uniform(0.5, 1.5, (t, k)), h * _rng.uniform(0.5, 1.5, (t, k))
+                cx = (bx[..., 0] + bx[..., 2]) / 2 + w * _rng.uniform(-0.8, 0.8, (t, k))
+                cy = (bx[..., 1] + bx[..., 3]) / 2 + h * _rng.uniform(-0.8, 0.8, (t, k))
+                cand = np.stack([cx - sw / 2, cy - sh / 2, cx + sw / 2, cy + sh / 2], axis=-1)
+            return _snap_outward(B.clip(cand, _W[rows], _H[rows]), _W[rows], _H[rows])
+
+        others = padded[b]
+        others_valid = valid[b].copy()
+        others_valid[np.arange(T), j] = False
+
+        def check(rows, block, _box=box, _others=others, _valid=others_valid):
+            own = B.visible_fraction(_box[rows, None], block)[:, 0]  # (t, k)
+            frac = B.visible_fraction(_others[rows], block)  # (t, width, k)
+            frac[~_valid[rows]] = 0.0
+            ok = (frac.max(axis=1) <= OTHER_MAX) & (block[..., 2] > block[..., 0]) & (block[..., 3] > block[..., 1])
+            if task == "full_region":
+                return ok & (own >= 1.0 - 1e-9), own
+            return ok & (own >= PARTIAL_MIN) & (own <= PARTIAL_MAX), own
+
         if task == "full_region":
-            # margins shrink along the candidates, down to the object's own box last
-            scale = np.linspace(0.5, 0.0, K)[None, :, None]
-            m = rng.random((T, K, 4)) * scale * np.stack([bw, bh, bw, bh], axis=-1)
-            cand = box[:, None, :] + m * np.array([-1, -1, 1, 1])
+            # any region holding the object holds its own (snapped) box: if that shows too much of
+            # another object, no candidate can pass, so only the others are searched
+            possible, _ = check(np.arange(T), _snap_outward(box[:, None, :], W, H))
+            live = np.flatnonzero(possible[:, 0])
         else:
-            sw = bw * rng.uniform(0.5, 1.5, (T, K))
-            sh = bh * rng.uniform(0.5, 1.5, (T, K))
-            cx = (box[:, 0:1] + box[:, 2:3]) / 2 + bw * rng.uniform(-0.8, 0.8, (T, K))
-            cy = (box[:, 1:2] + box[:, 3:4]) / 2 + bh * rng.uniform(-0.8, 0.8, (T, K))
-            cand = np.stack([cx - sw / 2, cy - sh / 2, cx + sw / 2, cy + sh / 2], axis=-1)
-        cand = _snap_outward(B.clip(cand, W, H), W, H)
-        frac = B.visible_fraction(padded[b], cand)  # (T, width, K)
-        own = frac[np.arange(T), j]
-        frac[np.arange(T), j] = 0.0
-        frac[~valid[b]] = 0.0
-        ok = (frac.max(axis=1) <= OTHER_MAX) & (cand[..., 2] > cand[..., 0]) & (cand[..., 3] > cand[..., 1])
-        if task == "full_region":
-            ok &= own >= 1.0 - 1e-9
-        else:
-            ok &= (own >= PARTIAL_MIN) & (own <= PARTIAL_MAX)
-        first = ok.argmax(axis=1)
-        found = ok[np.arange(T), first]
-        region[target[found]] = cand[found, first[found]]
-        fraction[target[found]] = own[found, first[found]]
+            live = np.arange(T)
+        found, chosen, own = _first_valid(
+            len(live), K, lambda rows, k0, k: propose(live[rows], k0, k), lambda rows, block: check(live[rows], block)
+        )
+        region[target[live[found]]] = chosen[found]
+        fraction[target[live[found]]] = own[found]
     return region, fraction
 
 
@@ -311,32 +353,36 @@ def none_region(objs: Objects, opts: TaskOptions) -> TaskRows:
         img = images[b]
         W = idx.widths[img].astype(np.float64)[:, None]
         H = idx.heights[img].astype(np.float64)[:, None]
-        n_obj = objs.counts[img][:, None]
-        pick = objs.start[img][:, None] + np.floor(rng.random((T, K)) * np.maximum(n_obj, 1)).astype(np.int64)
-        pick = np.minimum(pick, max(len(objs.xyxy) - 1, 0))
-        if len(objs.xyxy):
-            src = objs.xyxy[pick]
-            sw, sh = src[..., 2] - src[..., 0], src[..., 3] - src[..., 1]
-        else:
-            sw = sh = np.zeros((T, K))
-        no_obj = n_obj == 0
-        sw = np.where(no_obj, W * rng.uniform(0.1, 0.5, (T, K)), sw)
-        sh = np.where(no_obj, H * rng.uniform(0.1, 0.5, (T, K)), sh)
-        sw, sh = np.minimum(sw, W), np.minimum(sh, H)
-        x1 = rng.random((T, K)) * (W - sw)
-        y1 = rng.random((T, K)) * (H - sh)
-        cand = _snap_outward(np.stack([x1, y1, x1 + sw, y1 + sh], axis=-1), W, H)
-        inter = B.intersection(padded[b], cand)  # (T, width, K)
-        inter[~valid[b]] = 0.0
-        ok = (inter.max(axis=1) <= 0.0) & (cand[..., 2] > cand[..., 0]) & (cand[..., 3] > cand[..., 1])
-        first = ok.argmax(axis=1)
-        found = ok[np.arange(T), first]
-        region[target[found]] = cand[found, first[found]]
+        n_obj = objs.counts[img]
+        first_obj = objs.start[img]
+
+        def propose(rows, k0, k, _W=W, _H=H, _n=n_obj, _first=first_obj, _rng=rng):
+            t = len(rows)
+            w, h, n_o = _W[rows], _H[rows], _n[rows][:, None]
+            pick = _first[rows][:, None] + np.floor(_rng.random((t, k)) * np.maximum(n_o, 1)).astype(np.int64)
+            src = objs.xyxy[np.minimum(pick, max(len(objs.xyxy) - 1, 0))] if len(objs.xyxy) else np.zeros((t, k, 4))
+            sw = np.where(n_o == 0, w * _rng.uniform(0.1, 0.5, (t, k)), src[..., 2] - src[..., 0])
+            sh = np.where(n_o == 0, h * _rng.uniform(0.1, 0.5, (t, k)), src[..., 3] - src[..., 1])
+            sw, sh = np.minimum(sw, w), np.minimum(sh, h)
+            x1 = _rng.random((t, k)) * (w - sw)
+            y1 = _rng.random((t, k)) * (h - sh)
+            return _snap_outward(np.stack([x1, y1, x1 + sw, y1 + sh], axis=-1), w, h)
+
+        boxes_b, valid_b = padded[b], valid[b]
+
+        def check(rows, block, _boxes=boxes_b, _valid=valid_b):
+            inter = B.intersection(_boxes[rows], block)  # (t, width, k)
+            inter[~_valid[rows]] = 0.0
+            ok = (inter.max(axis=1) <= 0.0) & (block[..., 2] > block[..., 0]) & (block[..., 3] > block[..., 1])
+            return ok, ok
+
+        found, chosen, _ = _first_valid(T, K, propose, check)
+        region[target[found]] = chosen[found]
     found = ~np.isnan(region[:, 0])
     image = np.flatnonzero(found) // R
     texts = _box_texts(objs, opts.box_format, region[found], image, objs.input_sizes(opts))
     prompts = [REGION_PROMPT.format(region=t) for t in texts]
-    completions = [NONE_TARGET.format(region=t, dataset=opts.dataset_name) for t in texts]
+    completions = [NONE_TARGET.format(region=t, dataset=opts.display_name) for t in texts]
     skipped = {"images_without_region": int((~found).sum())}
     return TaskRows("none_region", image, prompts, completions, region[found], np.zeros(int(found.sum())), skipped)
 

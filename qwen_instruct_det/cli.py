@@ -1,0 +1,122 @@
+"""The ``qid`` command: parses arguments into the modules' config dataclasses and calls them.
+
+Every subcommand's flags are generated from a dataclass (field name -> ``--flag``, the
+``help`` metadata -> help text), so Python, flags and YAML recipes agree. The CLI prints;
+the library logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from . import data_cli
+
+Command = tuple[type, Callable[[Any], Any], str]
+
+
+def _commands() -> dict[str, Command]:
+    commands: dict[str, Command] = {
+        "synth": (data_cli.SynthArguments, _run_synth, "Write the synthetic COCO-format shapes data set."),
+        "build": (data_cli.BuildArguments, _run_build, "Build instruction configurations to Arrow/Parquet, with a summary."),
+        "export-swift": (data_cli.ExportSwiftArguments, _run_export_swift, "Write rows as ms-swift JSONL."),
+    }
+    return commands
+
+
+def _field_type(tp) -> tuple[type, bool]:
+    """(element type, is_list) of a dataclass field annotation such as ``int | None`` or ``list[str]``."""
+    if isinstance(tp, str):
+        tp = eval(tp, vars(typing) | {"list": list, "dict": dict})  # annotations are strings under __future__
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _field_type(args[0])
+    if origin is list:
+        return typing.get_args(tp)[0], True
+    return tp, False
+
+
+def _str_to_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "y"):
+        return True
+    if text.lower() in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One argument per dataclass field: positional where metadata says so, else ``--name``."""
+    for f in dataclasses.fields(cls):
+        tp, is_list = _field_type(f.type)
+        kwargs: dict[str, Any] = {"help": f.metadata.get("help", "")}
+        if tp is bool:
+            kwargs.update(type=_str_to_bool, nargs="?", const=True)
+        else:
+            kwargs["type"] = tp
+        if is_list:
+            kwargs["nargs"] = "+"
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, **kwargs)
+            continue
+        if f.default is not dataclasses.MISSING:
+            kwargs["default"] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            kwargs["default"] = f.default_factory()
+        else:
+            kwargs["required"] = True
+        parser.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name, **kwargs)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qid", description="COCO-format detection data for Qwen-VL: build, train, predict, score.")
+    parser.add_argument("--log-level", default="INFO", help="Logging level (DEBUG, INFO, WARNING).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (cls, _, help_text) in _commands().items():
+        add_dataclass_arguments(sub.add_parser(name, help=help_text, description=help_text), cls)
+    return parser
+
+
+def _run_synth(args: data_cli.SynthArguments) -> None:
+    out = data_cli.synth(args)
+    print(f"wrote {args.train} train and {args.val} val images with COCO annotations to {out}")
+
+
+def _run_build(args: data_cli.BuildArguments) -> None:
+    summary = data_cli.build(args)
+    print(f"{'config':<16}{'split':<12}{'rows':>10}{'seconds':>10}{'rows/s':>12}  skipped")
+    for name, info in summary["configs"].items():
+        for split, rows in info["rows"].items():
+            skipped = ", ".join(f"{k}={v}" for k, v in info["skipped"].get(split, {}).items() if v)
+            print(f"{name:<16}{split:<12}{rows:>10}{info['seconds']:>10.2f}{info['rows_per_second']:>12.0f}  {skipped or '-'}")
+    if args.out:
+        print(f"summary: {args.out}/summary.json")
+
+
+def _run_export_swift(args: data_cli.ExportSwiftArguments) -> None:
+    n = data_cli.export_swift(args)
+    print(f"wrote {n} records to {args.out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, ns.log_level.upper(), logging.INFO), format="%(levelname)s %(name)s: %(message)s")
+    cls, run, _ = _commands()[ns.command]
+    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)}
+    try:
+        run(cls(**values))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"qid {ns.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Session fixtures: a small synthetic COCO-format data set and a private datasets cache."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_hf_cache(tmp_path_factory):
+    """Send every datasets/evaluate cache to a temporary folder for the whole session."""
+    cache = tmp_path_factory.mktemp("hf_cache")
+    import datasets
+
+    old = datasets.config.HF_DATASETS_CACHE
+    datasets.config.HF_DATASETS_CACHE = cache / "datasets"
+    os.environ["HF_DATASETS_CACHE"] = str(cache / "datasets")
+    os.environ["HF_EVALUATE_CACHE"] = str(cache / "evaluate")
+    os.environ["HF_MODULES_CACHE"] = str(cache / "modules")
+    yield cache
+    datasets.config.HF_DATASETS_CACHE = old
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory):
+    """The synthetic data set: 60 train and 20 val images in the COCO 2017 layout."""
+    from qwen_instruct_det import make_synthetic_coco
+
+    return make_synthetic_coco(tmp_path_factory.mktemp("shapes"), train=60, val=20, seed=3)
+
+
+@pytest.fixture(scope="session")
+def built(shapes_dir, tmp_path_factory):
+    """All five configurations of the synthetic data set, loaded through load_dataset."""
+    import datasets
+
+    import qwen_instruct_det  # noqa: F401  (registers the builder)
+
+    cache = tmp_path_factory.mktemp("built_cache")
+    return {
+        name: datasets.load_dataset("qwen_instruct_det", name, data_dir=str(shapes_dir), cache_dir=str(cache))
+        for name in ("detection", "count", "full_region", "partial_region", "none_region")
+    }

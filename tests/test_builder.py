@@ -1,0 +1,237 @@
+"""The built data sets, checked row by row against DESIGN.md's contracts."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+import qwen_instruct_det
+from qwen_instruct_det import boxes as B
+from qwen_instruct_det import parse_detections
+from qwen_instruct_det.builder import QwenInstructDet
+
+CONFIGS = ("detection", "count", "full_region", "partial_region", "none_region")
+
+
+def _text(messages):
+    return "".join(c["text"] or "" for m in messages for c in m["content"])
+
+
+def _truth(shapes_dir, split="train"):
+    data = json.loads((shapes_dir / "annotations" / f"instances_{split}2017.json").read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    by_image = {im["id"]: {"crowd": [], "objects": []} for im in data["images"]}
+    for a in data["annotations"]:
+        x, y, w, h = a["bbox"]
+        key = "crowd" if a["iscrowd"] else "objects"
+        by_image[a["image_id"]][key].append(([x, y, x + w, y + h], names[a["category_id"]]))
+    return by_image
+
+
+def test_registered_name_resolves_to_the_builder():
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    assert _PACKAGED_DATASETS_MODULES["qwen_instruct_det"][0] == "qwen_instruct_det.builder"
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_columns_and_types(built, name):
+    ds = built[name]
+    assert set(ds) == {"train", "validation"}
+    assert ds["train"].features == qwen_instruct_det.builder.FEATURES
+    row = ds["train"][0]
+    assert row["task"] == name
+    assert isinstance(row["images"][0], Image.Image)
+    assert row["images"][0].size == (row["width"], row["height"])
+    assert row["prompt"][0]["role"] == "user" and row["prompt"][0]["content"][0]["type"] == "image"
+    assert row["completion"][0]["role"] == "assistant"
+    assert (row["region"] is None) == (name in ("detection", "count"))
+
+
+def test_local_build_stores_paths_not_bytes(built, shapes_dir):
+    ds = built["detection"]["train"].cast_column("images", datasets.List(datasets.Image(decode=False)))
+    for image in ds[:5]["images"]:
+        assert image[0]["bytes"] is None
+        assert image[0]["path"].startswith(str(shapes_dir.resolve()))
+
+
+def test_detection_parses_back_to_every_object(built, shapes_dir):
+    truth = _truth(shapes_dir)
+    ds = built["detection"]["train"]
+    assert len(ds) == len(truth)
+    for row in ds:
+        parsed = parse_detections(_text(row["completion"]), width=row["width"], height=row["height"])
+        want = truth[row["image_id"]]["objects"]
+        assert sorted(parsed["labels"]) == sorted(label for _, label in want)
+        assert len(row["objects"]) == len(want)
+        step = np.array([row["width"], row["height"]] * 2) / 1000
+        got = np.array(parsed["boxes"]).reshape(-1, 4)
+        for box, label in want:
+            same = [g for g, lab in zip(got, parsed["labels"]) if lab == label]
+            assert min(np.abs(np.array(same) - box).max(axis=1) / step.max()) <= 1.0 + 1e-6
+
+
+def test_detection_groups_categories_in_id_order_and_boxes_in_reading_order(built):
+    order = {n: i for i, n in enumerate(["circle", "square", "triangle", "diamond", "plus sign"])}
+    for row in built["detection"]["train"]:
+        parsed = parse_detections(_text(row["completion"]), width=row["width"], height=row["height"])
+        ranks = [order[label] for label in parsed["labels"]]
+        assert ranks == sorted(ranks)
+        for label in set(parsed["labels"]):
+            tops = [(b[1], b[0]) for b, lab in zip(parsed["boxes"], parsed["labels"]) if lab == label]
+            assert tops == sorted(tops)
+
+
+def test_empty_images_say_there_are_none(built, shapes_dir):
+    truth = _truth(shapes_dir)
+    empty = [r for r in built["detection"]["train"] if not truth[r["image_id"]]["objects"]]
+    assert empty, "the synthetic data set should hold images without objects"
+    for row in empty:
+        assert _text(row["completion"]) == "There are no objects from the COCO categories in the image."
+
+
+def test_count_matches_objects_and_leaves_out_crowd_images(built, shapes_dir):
+    truth = _truth(shapes_dir)
+    ds = built["count"]["train"]
+    crowd_images = {i for i, t in truth.items() if t["crowd"]}
+    assert crowd_images, "the synthetic data set should hold crowd regions"
+    assert {r["image_id"] for r in ds} == set(truth) - crowd_images
+    for row in ds:
+        want = Counter(label for _, label in truth[row["image_id"]]["objects"])
+        text = _text(row["completion"])
+        if not want:
+            assert "no objects" in text
+            continue
+        got = dict(line.rsplit(": ", 1) for line in text.splitlines())
+        assert {k: int(v) for k, v in got.items()} == dict(want)
+
+
+def _region_rows(built, name):
+    for row in built[name]["train"]:
+        objects = np.array([o["bbox"] for o in row["objects"]], dtype=np.float64).reshape(-1, 4)
+        region = np.array(row["region"], dtype=np.float64)
+        yield row, objects, region, B.visible_fraction(objects, region[None])[:, 0]
+
+
+def _answer_object(row, text):
+    name = text.split('contains a "', 1)[1].split('"', 1)[0]
+    return name
+
+
+def test_full_region_contains_its_object_and_little_else(built):
+    n = 0
+    for row, objects, region, frac in _region_rows(built, "full_region"):
+        text = _text(row["completion"])
+        assert "fully contains" in text
+        name = _answer_object(row, text)
+        owner = int(np.argmax(frac))
+        assert frac[owner] == pytest.approx(1.0, abs=1e-6)
+        assert row["objects"][owner]["category"] == name
+        others = np.delete(frac, owner)
+        assert np.all(others <= 0.05 + 1e-6)
+        assert row["visible_fraction"] == pytest.approx(1.0)
+        n += 1
+    assert n > 20
+
+
+def test_partial_region_states_the_true_fraction(built):
+    n = 0
+    for row, objects, region, frac in _region_rows(built, "partial_region"):
+        text = _text(row["completion"])
+        percent = int(text.split("about ", 1)[1].split("%", 1)[0])
+        owner = int(np.argmin(np.abs(frac - row["visible_fraction"])))
+        true = frac[owner]
+        assert 0.2 - 1e-6 <= true <= 0.8 + 1e-6
+        assert percent == int(np.floor(true * 10 + 0.5)) * 10
+        assert 20 <= percent <= 80
+        assert row["objects"][owner]["category"] == _answer_object(row, text)
+        assert np.all(np.delete(frac, owner) <= 0.05 + 1e-6)
+        n += 1
+    assert n > 20
+
+
+def test_none_region_overlaps_no_box_crowd_included(built, shapes_dir):
+    truth = _truth(shapes_dir)
+    n = 0
+    for row in built["none_region"]["train"]:
+        region = np.array(row["region"], dtype=np.float64)[None]
+        every = [b for b, _ in truth[row["image_id"]]["objects"] + truth[row["image_id"]]["crowd"]]
+        if every:
+            assert B.intersection(np.array(every), region).max() <= 1e-4
+        assert "does not contain any object from the COCO categories" in _text(row["completion"])
+        assert region[0, 2] > region[0, 0] and region[0, 3] > region[0, 1]
+        n += 1
+    assert n >= 50
+
+
+@pytest.mark.parametrize("name", ["full_region", "partial_region", "none_region"])
+def test_region_text_states_the_stored_region(built, name):
+    for row in built[name]["train"]:
+        grid = B.to_grid(np.array(row["region"], dtype=np.float64), row["width"], row["height"]).tolist()
+        assert f"({grid[0]},{grid[1]}),({grid[2]},{grid[3]})" in _text(row["completion"])
+        assert f"({grid[0]},{grid[1]}),({grid[2]},{grid[3]})" in _text(row["prompt"])
+
+
+def _build(shapes_dir, tmp_path, name, **kwargs):
+    builder = QwenInstructDet(config_name=name, data_dir=str(shapes_dir), cache_dir=str(tmp_path), **kwargs)
+    builder.download_and_prepare()
+    return builder, builder.as_dataset(split="train")
+
+
+def test_same_seed_same_rows_other_seed_other_regions(shapes_dir, tmp_path):
+    _, a = _build(shapes_dir, tmp_path / "a", "partial_region", seed=1)
+    _, b = _build(shapes_dir, tmp_path / "b", "partial_region", seed=1)
+    _, c = _build(shapes_dir, tmp_path / "c", "partial_region", seed=2)
+    assert a.data.table.equals(b.data.table)
+    assert a["region"] != c["region"]
+
+
+def test_skips_are_counted(shapes_dir, tmp_path):
+    builder, ds = _build(shapes_dir, tmp_path, "count")
+    skipped = builder.skipped["train"]
+    truth = _truth(shapes_dir)
+    assert skipped["images_with_crowd"] == sum(1 for t in truth.values() if t["crowd"]) > 0
+    assert skipped["crowd_annotations"] == sum(len(t["crowd"]) for t in truth.values())
+    builder, ds = _build(shapes_dir, tmp_path, "full_region")
+    n_objects = sum(len(t["objects"]) for t in truth.values())
+    assert len(ds) + builder.skipped["train"]["objects_without_region"] == n_objects
+
+
+def test_options_subset_categories_keep_empty_name_regions(shapes_dir, tmp_path):
+    _, ds = _build(shapes_dir, tmp_path / "s", "detection", subset=10, seed=5)
+    assert len(ds) == 10
+    _, ds = _build(shapes_dir, tmp_path / "c", "detection", categories=["circle", "plus sign"], keep_empty=False)
+    assert all(o["category"] in ("circle", "plus sign") for r in ds for o in r["objects"])
+    assert all(r["objects"] for r in ds)
+    _, ds = _build(shapes_dir, tmp_path / "n", "none_region", display_name="Shapes", regions_per_object=3)
+    assert "from the Shapes categories" in _text(ds[0]["completion"])
+    assert Counter(ds["image_id"]).most_common(1)[0][1] == 3
+
+
+@pytest.mark.parametrize("fmt", ["qwen2_5", "qwen3"])
+def test_json_box_formats_round_trip(shapes_dir, tmp_path, fmt):
+    _, ds = _build(shapes_dir, tmp_path, "detection", box_format=fmt, subset=15)
+    for row in ds:
+        w, h = row["width"], row["height"]
+        text = _text(row["completion"])
+        if not row["objects"]:
+            continue
+        assert text.startswith('[{"bbox_2d": [')
+        input_size = B.smart_resize(h, w)[::-1] if fmt == "qwen2_5" else None
+        parsed = parse_detections(text, width=w, height=h, box_format=fmt, input_size=input_size)
+        truth = np.array([o["bbox"] for o in row["objects"]])
+        step = (np.array([w / input_size[0], h / input_size[1]] * 2) if input_size else np.array([w, h] * 2) / 1000)
+        got = np.array(parsed["boxes"])
+        assert len(got) == len(truth)
+        for box in truth:
+            assert (np.abs(got - box) / step).max(axis=1).min() <= 1.0 + 1e-4
+
+
+def test_unknown_config_lists_the_valid_ones(shapes_dir):
+    with pytest.raises(ValueError, match="detection"):
+        QwenInstructDet(config_name="boxes", data_dir=str(shapes_dir))

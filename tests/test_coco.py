@@ -1,0 +1,109 @@
+"""Bad input stops with an error that names the file, the record and the fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from qwen_instruct_det import CocoFormatError, load_coco
+from qwen_instruct_det.builder import QwenInstructDet
+
+
+@pytest.fixture
+def copy(shapes_dir, tmp_path):
+    """A writable copy of the train split: (annotation path, image dir, data)."""
+    ann = tmp_path / "instances.json"
+    shutil.copy(shapes_dir / "annotations" / "instances_train2017.json", ann)
+    return ann, shapes_dir / "train2017", json.loads(ann.read_text())
+
+
+def _write(path, data):
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_loads_the_real_layout(copy):
+    ann, images, data = copy
+    index = load_coco(ann, images)
+    assert index.num_images == len(data["images"])
+    assert index.num_annotations == len(data["annotations"])
+    assert index.category_ids.tolist() == sorted(c["id"] for c in data["categories"])
+    first = data["annotations"][0]
+    i = int(np.flatnonzero(index.image_ids == first["image_id"])[0])
+    x, y, w, h = first["bbox"]
+    assert [x, y, x + w, y + h] in index.ann_xyxy[index.ann_start[i] : index.ann_start[i + 1]].tolist()
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json: annotation file not found"):
+        load_coco(tmp_path / "nope.json", tmp_path)
+
+
+def test_malformed_json(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [')
+    with pytest.raises(CocoFormatError, match=r"bad.json: not valid JSON .*line 1"):
+        load_coco(bad, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.pop("annotations"), "no top-level 'annotations'"),
+        (lambda d: d["images"][3].pop("width"), r"image record #3 \(id \d+\) has no 'width'"),
+        (lambda d: d["annotations"][2].pop("bbox"), r"annotation record #2 \(id \d+\) has no 'bbox'"),
+        (lambda d: d["annotations"][1].update(image_id=999999), r"annotation record #1 .* image_id 999999, which is not in 'images'"),
+        (lambda d: d["annotations"][4].update(category_id=77), r"annotation record #4 .* category_id 77, which is not in 'categories'"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), r"annotation record #0 .* bbox=\[1, 2, 3\]"),
+        (lambda d: d["images"].clear(), "'images' is empty"),
+        (lambda d: d["images"][1].update(id=d["images"][0]["id"]), "appears twice"),
+    ],
+)
+def test_bad_records_are_named(copy, mutate, message):
+    ann, images, data = copy
+    mutate(data)
+    with pytest.raises(CocoFormatError, match=message) as info:
+        load_coco(_write(ann, data), images)
+    assert str(ann) in str(info.value)
+
+
+def test_missing_image_file(copy, tmp_path):
+    ann, images, data = copy
+    folder = tmp_path / "imgs"
+    shutil.copytree(images, folder)
+    (folder / data["images"][5]["file_name"]).unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{data['images'][5]['file_name']}: image file not found .*1 of"):
+        load_coco(ann, folder)
+
+
+def test_sub_pixel_boxes_are_skipped_and_counted(copy):
+    ann, images, data = copy
+    data["annotations"][0]["bbox"] = [5, 5, 0.4, 10]
+    data["annotations"][0]["iscrowd"] = 0
+    index = load_coco(_write(ann, data), images)
+    assert index.skipped["sub_pixel_boxes"] == 1
+    assert index.num_annotations == len(data["annotations"]) - 1
+
+
+def test_category_filter_that_matches_nothing(shapes_dir, tmp_path):
+    builder = QwenInstructDet(config_name="count", data_dir=str(shapes_dir), categories=["zebra"], cache_dir=str(tmp_path))
+    with pytest.raises(Exception, match="category filter \\['zebra'\\] matches no category"):
+        builder.download_and_prepare()
+
+
+def test_data_dir_without_annotations(tmp_path):
+    builder = QwenInstructDet(config_name="count", data_dir=str(tmp_path), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(FileNotFoundError, match="no COCO annotation file found"):
+        builder.download_and_prepare()
+
+
+def test_explicit_annotation_and_image_options(copy, tmp_path):
+    ann, images, data = copy
+    builder = QwenInstructDet(
+        config_name="detection", annotation_files={"train": str(ann)}, image_dirs={"train": str(images)}, cache_dir=str(tmp_path)
+    )
+    builder.download_and_prepare()
+    assert builder.as_dataset(split="train").num_rows == len(data["images"])
