@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -50,15 +49,17 @@ def make_data(root: Path, n_images: int) -> Path:
     return ann
 
 
+_PEAK = "import resource as _r, json as _j; print(_j.dumps({'peak_kib': _r.getrusage(_r.RUSAGE_SELF).ru_maxrss}))"
+
+
 def _child(code: str) -> tuple[float, float, dict]:
-    """Run code in a fresh interpreter; return (its wall seconds, its peak RSS in GiB, its JSON output)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run code in a fresh interpreter; return (its wall seconds, its own peak RSS in GiB, its JSON output)."""
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code + "\n" + _PEAK], check=True, capture_output=True, text=True)
     wall = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    return wall, max(peak, before) / 2**20, result
+    lines = out.stdout.strip().splitlines()
+    result, peak = json.loads(lines[-2]), json.loads(lines[-1])["peak_kib"]
+    return wall, peak / 2**20, result
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ def _commands() -> dict[str, Command]:
         "synth": (data_cli.SynthArguments, _run_synth, "Write the synthetic COCO-format shapes data set."),
         "build": (data_cli.BuildArguments, _run_build, "Build instruction configurations to Arrow/Parquet, with a summary."),
         "export-swift": (data_cli.ExportSwiftArguments, _run_export_swift, "Write rows as ms-swift JSONL."),
+        "evaluate": (data_cli.EvaluateArguments, _run_evaluate, "Score a predictions JSONL: det_iou50 per class and COCO mAP."),
+        "visualize": (data_cli.VisualizeArguments, _run_visualize, "Draw truth and predicted boxes to PNGs and a grid."),
     }
     return commands
 
@@ -102,6 +104,22 @@ def _run_build(args: data_cli.BuildArguments) -> None:
 def _run_export_swift(args: data_cli.ExportSwiftArguments) -> None:
     n = data_cli.export_swift(args)
     print(f"wrote {n} records to {args.out}")
+
+
+def _run_evaluate(args: data_cli.EvaluateArguments) -> None:
+    from .evaluation import markdown_table
+
+    report = data_cli.evaluate(args)
+    m = report["coco_map"]
+    print(markdown_table(report["det_iou50"]))
+    print(f"COCO mAP: AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  AP75 {m['AP75']:.3f}   ({report['images']} images)")
+    print(f"parsing: {report['parsing']}")
+    print(f"report: {args.out or Path(args.predictions).parent}/report.json and report.md")
+
+
+def _run_visualize(args: data_cli.VisualizeArguments) -> None:
+    paths = data_cli.visualize(args)
+    print(f"wrote {len(paths) - 1} pictures and {paths[-1]}")
 
 
 def main(argv: list[str] | None = None) -> int:

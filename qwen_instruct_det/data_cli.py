@@ -166,3 +166,35 @@ def _path_only_images():
     import datasets
 
     return datasets.List(datasets.Image(decode=False))
+
+
+@dataclass
+class EvaluateArguments:
+    predictions: str = field(metadata={"help": "Predictions JSONL written by qid predict.", "positional": True})
+    out: str | None = field(default=None, metadata={"help": "Folder for report.json and report.md (default: beside the predictions)."})
+    iou_threshold: float = field(default=0.5, metadata={"help": "IoU at or above which a pair matches."})
+    matching: str = field(default="greedy", metadata={"help": "'greedy' or 'hungarian'."})
+
+
+def evaluate(args: EvaluateArguments) -> dict:
+    """Score a predictions file; write the report as JSON and Markdown."""
+    from .evaluation import evaluate_file
+
+    out = args.out or str(Path(args.predictions).parent)
+    return evaluate_file(args.predictions, out, iou_threshold=args.iou_threshold, matching=args.matching)
+
+
+@dataclass
+class VisualizeArguments:
+    predictions: str = field(metadata={"help": "Predictions JSONL written by qid predict.", "positional": True})
+    out: str = field(default="pictures", metadata={"help": "Folder for the PNGs and grid.png."})
+    limit: int = field(default=16, metadata={"help": "How many images to draw."})
+    columns: int | None = field(default=None, metadata={"help": "Columns of the grid (default: square)."})
+
+
+def visualize(args: VisualizeArguments) -> list[Path]:
+    """Draw truth and predictions of the first images of a predictions file."""
+    from .evaluation import read_predictions
+    from .visualize import visualize_records
+
+    return visualize_records(read_predictions(args.predictions), args.out, limit=args.limit, columns=args.columns)

@@ -1,0 +1,147 @@
+"""Scoring detections: COCO mAP through pycocotools, det_iou50, and the report of a predictions file.
+
+``coco_map`` builds COCO-format ground truth and results from the same detection dicts
+the metric takes (labels are strings; the mapping to category ids is internal) and runs
+pycocotools' ``COCOeval`` unchanged, so crowd regions (``iscrowd``) and areas (``area``,
+when the references carry it) are treated exactly as pycocotools treats them.
+``evaluate_file`` reads the JSONL that ``qid predict`` writes and returns the full report;
+``markdown_table`` renders its per-class table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .matching import detection_scores
+
+COCO_STATS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
+              "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
+
+
+def coco_map(predictions: list, references: list, max_dets: int = 100) -> dict:
+    """COCOeval's twelve bbox numbers (AP, AP50, AP75, ...) for detection dicts in pixels."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if len(predictions) != len(references):
+        raise ValueError(f"got {len(predictions)} predictions and {len(references)} references; give one of each per image.")
+    labels = sorted({str(lab) for r in references for lab in r["labels"]} | {str(lab) for p in predictions for lab in p["labels"]})
+    cat_id = {name: i + 1 for i, name in enumerate(labels)}
+    images, gt, dt = [], [], []
+    for i, (pred, ref) in enumerate(zip(predictions, references)):
+        image_id = int(ref.get("image_id", i + 1)) if isinstance(ref, dict) else i + 1
+        images.append({"id": image_id})
+        boxes = np.asarray(ref["boxes"], dtype=np.float64).reshape(-1, 4)
+        crowd = ref.get("iscrowd") or [0] * len(boxes)
+        areas = ref.get("area")
+        for k, (box, label) in enumerate(zip(boxes.tolist(), ref["labels"])):
+            w, h = box[2] - box[0], box[3] - box[1]
+            gt.append({"id": len(gt) + 1, "image_id": image_id, "category_id": cat_id[str(label)],
+                       "bbox": [box[0], box[1], w, h], "area": float(areas[k]) if areas is not None else w * h,
+                       "iscrowd": int(bool(crowd[k]))})
+        p_boxes = np.asarray(pred["boxes"], dtype=np.float64).reshape(-1, 4)
+        scores = pred.get("scores") or [1.0] * len(p_boxes)
+        for box, label, score in zip(p_boxes.tolist(), pred["labels"], scores):
+            dt.append({"image_id": image_id, "category_id": cat_id[str(label)],
+                       "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": float(score)})
+    if len({im["id"] for im in images}) != len(images):
+        raise ValueError("references carry repeated image_id values; give each image its own id (or none).")
+    if not dt or not gt:
+        return dict.fromkeys(COCO_STATS, 0.0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground = COCO()
+        ground.dataset = {"images": images, "annotations": gt, "categories": [{"id": v, "name": k} for k, v in cat_id.items()]}
+        ground.createIndex()
+        results = ground.loadRes(dt)
+        ev = COCOeval(ground, results, "bbox")
+        ev.params.maxDets = [1, 10, max_dets]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {name: float(v) for name, v in zip(COCO_STATS, ev.stats)}
+
+
+def read_predictions(path: str | os.PathLike) -> list[dict]:
+    """Records of a predictions JSONL file, checked for the keys the report needs."""
+    records = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {n} is not JSON ({e.msg}); the file may be cut off: delete the line and re-run qid predict to resume.") from None
+            for key in ("detections", "truth"):
+                if key not in record:
+                    raise ValueError(f"{path}: line {n} has no {key!r}; evaluation needs predictions with truth (qid predict on a split with labels).")
+            records.append(record)
+    if not records:
+        raise ValueError(f"{path}: no predictions in the file.")
+    return records
+
+
+def evaluate_records(records: list[dict], iou_threshold: float = 0.5, matching: str = "greedy") -> dict:
+    """det_iou50 (overall and per class), COCO mAP, and what the parser could not read."""
+    predictions = [r["detections"] for r in records]
+    references = [dict(r["truth"], image_id=r.get("image_id", i + 1)) for i, r in enumerate(records)]
+    return {
+        "images": len(records),
+        "det_iou50": detection_scores(predictions, references, iou_threshold, matching),
+        "coco_map": coco_map(predictions, references),
+        "parsing": {
+            "unparsed_fragments": int(sum(r.get("unparsed", 0) for r in records)),
+            "dropped_boxes": int(sum(r.get("dropped", 0) for r in records)),
+            "truncated_answers": int(sum(bool(r.get("truncated")) for r in records)),
+            "unknown_labels": sorted({lab for r in records for lab in r.get("unknown_labels", [])}),
+        },
+    }
+
+
+def evaluate_file(path: str | os.PathLike, out_dir: str | os.PathLike | None = None, **kwargs) -> dict:
+    """Evaluate a predictions JSONL; with ``out_dir``, write ``report.json`` and ``report.md`` there."""
+    report = evaluate_records(read_predictions(path), **kwargs)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        (out / "report.md").write_text(markdown_report(report))
+    return report
+
+
+def markdown_table(scores: dict) -> str:
+    """Per-class precision, recall, F1, mean IoU and counts, then the overall row."""
+    lines = ["| class | precision | recall | F1 | mean IoU | TP | FP | FN |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = list(scores["per_class"].items()) + [("**all**", scores)]
+    for name, s in rows:
+        lines.append(f"| {name} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['mean_iou']:.3f} | {s['tp']} | {s['fp']} | {s['fn']} |")
+    return "\n".join(lines)
+
+
+def markdown_report(report: dict) -> str:
+    """The whole report as Markdown: det_iou50 table, COCO mAP line, parsing counts."""
+    m = report["coco_map"]
+    p = report["parsing"]
+    return "\n".join([
+        f"# Detection report ({report['images']} images)",
+        "",
+        "## det_iou50 (IoU >= 0.5, class must match)",
+        "",
+        markdown_table(report["det_iou50"]),
+        "",
+        "## COCO mAP (pycocotools)",
+        "",
+        f"AP {m['AP']:.3f} | AP50 {m['AP50']:.3f} | AP75 {m['AP75']:.3f} | AR100 {m['AR100']:.3f}",
+        "",
+        "## Parsing",
+        "",
+        f"unparsed fragments {p['unparsed_fragments']}, dropped boxes {p['dropped_boxes']}, "
+        f"truncated answers {p['truncated_answers']}, unknown labels {p['unknown_labels'] or 'none'}",
+        "",
+    ])

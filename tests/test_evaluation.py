@@ -1,0 +1,149 @@
+"""COCO mAP against pycocotools itself, the evaluate module, the report and the pictures."""
+
+from __future__ import annotations
+
+import contextlib
+import doctest
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qwen_instruct_det.cli import main
+from qwen_instruct_det.evaluation import COCO_STATS, coco_map, evaluate_records
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _gt_and_detections(shapes_dir, seed=0):
+    ann = shapes_dir / "annotations" / "instances_train2017.json"
+    data = json.loads(ann.read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    rng = np.random.default_rng(seed)
+    results, references, predictions = [], [], []
+    by_image = {im["id"]: [] for im in data["images"]}
+    for a in data["annotations"]:
+        by_image[a["image_id"]].append(a)
+    for image_id, anns in by_image.items():
+        ref = {"image_id": image_id, "boxes": [], "labels": [], "iscrowd": [], "area": []}
+        pred = {"boxes": [], "labels": [], "scores": []}
+        for a in anns:
+            x, y, w, h = a["bbox"]
+            ref["boxes"].append([x, y, x + w, y + h])
+            ref["labels"].append(names[a["category_id"]])
+            ref["iscrowd"].append(bool(a["iscrowd"]))
+            ref["area"].append(a["area"])
+            if rng.random() < 0.8:  # found, with jitter; sometimes the wrong class
+                j = rng.normal(0, 0.08, 4) * [w, h, w, h]
+                box = [x + j[0], y + j[1], x + w + j[2], y + h + j[3]]
+                cat = a["category_id"] if rng.random() < 0.9 else data["categories"][0]["id"]
+                score = float(rng.random())
+                results.append({"image_id": image_id, "category_id": cat, "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": score})
+                pred["boxes"].append(box)
+                pred["labels"].append(names[cat])
+                pred["scores"].append(score)
+        references.append(ref)
+        predictions.append(pred)
+    return ann, results, predictions, references
+
+
+def test_coco_map_equals_pycocotools(shapes_dir):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    ann, results, predictions, references = _gt_and_detections(shapes_dir)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann))
+        ev = COCOeval(gt, gt.loadRes(results), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    ours = coco_map(predictions, references)
+    assert list(ours) == list(COCO_STATS)
+    assert 0.3 < ours["AP50"] < 1.0
+    assert [ours[k] for k in COCO_STATS] == [float(v) for v in ev.stats]  # to the last digit
+
+
+def test_coco_map_scores_rank_detections():
+    ref = [{"boxes": [[0, 0, 10, 10]], "labels": ["a"]}]
+    # a wrong box with a high score and the right one with a low score rank below the reverse
+    good = [{"boxes": [[0, 0, 10, 10], [50, 50, 60, 60]], "labels": ["a", "a"], "scores": [0.9, 0.1]}]
+    bad = [{"boxes": [[0, 0, 10, 10], [50, 50, 60, 60]], "labels": ["a", "a"], "scores": [0.1, 0.9]}]
+    assert coco_map(good, ref)["AP50"] > coco_map(bad, ref)["AP50"]
+    assert coco_map(good, ref)["AP50"] == pytest.approx(1.0)
+    assert coco_map([{"boxes": [], "labels": []}], ref)["AP"] == 0.0
+
+
+def test_evaluate_module_offline(monkeypatch):
+    import evaluate
+
+    monkeypatch.chdir(ROOT)
+    det = evaluate.load("./metrics/det_iou50")
+    p = [{"boxes": [[0, 0, 10, 10]], "labels": ["a"], "unparsed": 2}]
+    r = [{"boxes": [[0, 0, 10, 10], [20, 20, 30, 30]], "labels": ["a", "a"]}]
+    direct = det.compute(predictions=p, references=r)
+    assert (direct["tp"], direct["fp"], direct["fn"]) == (1, 0, 1)
+    det.add_batch(predictions=p, references=r)
+    det.add_batch(predictions=p, references=[dict(r[0], iscrowd=[False, True])])
+    batched = det.compute(matching="hungarian")
+    assert (batched["tp"], batched["fn"]) == (2, 1)
+    assert batched["per_class"]["a"]["recall"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("source", ["metrics/det_iou50/det_iou50.py", "metrics/det_iou50/README.md"])
+def test_documented_examples_run(monkeypatch, source):
+    monkeypatch.chdir(ROOT)
+    text = (ROOT / source).read_text()
+    if source.endswith(".py"):
+        text = text.split('_KWARGS_DESCRIPTION = """', 1)[1].split('"""', 1)[0]
+    parser = doctest.DocTestParser()
+    test = parser.get_doctest(text, {}, source, source, 0)
+    assert test.examples, f"{source} has no examples"
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    runner.run(test)
+    assert runner.failures == 0
+
+
+def _predictions_file(shapes_dir, path):
+    _, _, predictions, references = _gt_and_detections(shapes_dir, seed=1)
+    data = json.loads((shapes_dir / "annotations" / "instances_train2017.json").read_text())
+    files = {im["id"]: str(shapes_dir / "train2017" / im["file_name"]) for im in data["images"]}
+    with open(path, "w") as f:
+        for p, r in zip(predictions, references):
+            f.write(json.dumps({"image_id": r["image_id"], "image": files[r["image_id"]], "text": "",
+                                "detections": p, "truth": r, "unparsed": 1, "truncated": False}) + "\n")
+    return predictions, references
+
+
+def test_evaluate_command_writes_the_report(shapes_dir, tmp_path, capsys):
+    preds, refs = _predictions_file(shapes_dir, tmp_path / "p.jsonl")
+    assert main(["evaluate", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "r")]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    expected = evaluate_records([{"detections": p, "truth": r} for p, r in zip(preds, refs)])
+    assert report["det_iou50"]["f1"] == pytest.approx(expected["det_iou50"]["f1"])
+    assert report["parsing"]["unparsed_fragments"] == len(refs)
+    assert "| **all** |" in (tmp_path / "r" / "report.md").read_text()
+    assert "COCO mAP" in capsys.readouterr().out
+
+
+def test_evaluate_command_names_a_broken_line(tmp_path, capsys):
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"detections": {"boxes": [], "labels": []}, "truth": {"boxes": [], "labels": []}}\n{"detections": ')
+    assert main(["evaluate", str(bad)]) == 2
+    assert "line 2 is not JSON" in capsys.readouterr().err
+
+
+def test_visualize_draws_boxes_and_a_grid(shapes_dir, tmp_path):
+    _predictions_file(shapes_dir, tmp_path / "p.jsonl")
+    assert main(["visualize", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "pics"), "--limit", "4"]) == 0
+    pngs = sorted((tmp_path / "pics").glob("*.png"))
+    assert len(pngs) == 5
+    grid = Image.open(tmp_path / "pics" / "grid.png")
+    single = Image.open(pngs[0])
+    assert grid.width > single.width and min(single.size) >= 384
+    # truth boxes are drawn in green: the picture holds pixels of that colour
+    arr = np.asarray(single.convert("RGB")).reshape(-1, 3)
+    assert np.any(np.all(arr == (40, 220, 90), axis=1))
