@@ -24,14 +24,21 @@ COCO_STATS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
               "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
 
 
-def coco_map(predictions: list, references: list, max_dets: int = 100) -> dict:
-    """COCOeval's twelve bbox numbers (AP, AP50, AP75, ...) for detection dicts in pixels."""
+def coco_map(predictions: list, references: list, categories: list[str] | None = None, max_dets: int = 100) -> dict:
+    """COCOeval's twelve bbox numbers (AP, AP50, AP75, ...) for detection dicts in pixels.
+
+    ``categories`` fixes the label order (the data set's category-id order); COCOeval
+    averages over categories in that order, so passing it reproduces pycocotools' numbers on
+    the original file to the last digit. Labels outside it are appended in sorted order.
+    """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     if len(predictions) != len(references):
         raise ValueError(f"got {len(predictions)} predictions and {len(references)} references; give one of each per image.")
-    labels = sorted({str(lab) for r in references for lab in r["labels"]} | {str(lab) for p in predictions for lab in p["labels"]})
+    seen = {str(lab) for r in references for lab in r["labels"]} | {str(lab) for p in predictions for lab in p["labels"]}
+    labels = [str(c) for c in categories or []]
+    labels += sorted(seen - set(labels))
     cat_id = {name: i + 1 for i, name in enumerate(labels)}
     images, gt, dt = [], [], []
     for i, (pred, ref) in enumerate(zip(predictions, references)):
