@@ -16,7 +16,8 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from . import data_cli
+from . import data_cli, model_cli
+from .demo import DemoArguments
 
 Command = tuple[type, Callable[[Any], Any], str]
 
@@ -28,6 +29,10 @@ def _commands() -> dict[str, Command]:
         "export-swift": (data_cli.ExportSwiftArguments, _run_export_swift, "Write rows as ms-swift JSONL."),
         "evaluate": (data_cli.EvaluateArguments, _run_evaluate, "Score a predictions JSONL: det_iou50 per class and COCO mAP."),
         "visualize": (data_cli.VisualizeArguments, _run_visualize, "Draw truth and predicted boxes to PNGs and a grid."),
+        "predict": (model_cli.PredictArguments, _run_predict, "Batched generation on a split or an image folder, to JSONL."),
+        "merge": (model_cli.MergeArguments, _run_merge, "Fold a LoRA adapter into its base model."),
+        "push": (model_cli.PushArguments, _run_push, "Publish a dataset, adapter or merged model to the Hub (with cards)."),
+        "demo": (DemoArguments, _run_demo, "The whole path on synthetic data with the tiny model (CPU, offline)."),
     }
     return commands
 
@@ -80,6 +85,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qid", description="COCO-format detection data for Qwen-VL: build, train, predict, score.")
     parser.add_argument("--log-level", default="INFO", help="Logging level (DEBUG, INFO, WARNING).")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="Fine-tune with TRL SFTTrainer + PEFT LoRA (flags or --config recipe.yaml; see qid train --help).",
+                   add_help=False)
     for name, (cls, _, help_text) in _commands().items():
         add_dataclass_arguments(sub.add_parser(name, help=help_text, description=help_text), cls)
     return parser
@@ -122,7 +129,43 @@ def _run_visualize(args: data_cli.VisualizeArguments) -> None:
     print(f"wrote {len(paths) - 1} pictures and {paths[-1]}")
 
 
+def _run_predict(args: model_cli.PredictArguments) -> None:
+    result = model_cli.predict(args)
+    print(f"wrote {result['written']} predictions to {result['out']} ({result['skipped_done']} already there, "
+          f"{result['truncated']} cut off at max_new_tokens={result['max_new_tokens']})")
+
+
+def _run_merge(args: model_cli.MergeArguments) -> None:
+    print(f"merged model written to {model_cli.merge(args)}")
+
+
+def _run_push(args: model_cli.PushArguments) -> None:
+    result = model_cli.push(args)
+    print(f"folder {result['folder']} ({len(result['files'])} files)")
+    print(result.get("url", "dry run: nothing uploaded"))
+
+
+def _run_demo(args: DemoArguments) -> None:
+    from .demo import run_demo
+    from .evaluation import markdown_table
+
+    report = run_demo(args)
+    print(markdown_table(report["det_iou50"]))
+    m = report["coco_map"]
+    print(f"COCO mAP: AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  AP75 {m['AP75']:.3f}")
+    print(f"F1@50 on {report['images']} held-out images: {report['det_iou50']['f1']:.3f}; took {report['demo']['seconds']['total']:.0f} s")
+    print(f"report: {args.out}/report.json, {args.out}/report.md; pictures: {report['demo']['grid']}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        from .training import main as train_main
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        out = train_main(argv[1:])
+        print(f"trained model saved to {out}")
+        return 0
     parser = make_parser()
     ns = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, ns.log_level.upper(), logging.INFO), format="%(levelname)s %(name)s: %(message)s")

@@ -51,9 +51,11 @@ class ParseResult:
     """Boxes that were read but were empty after clamping to the image (x2 <= x1 or y2 <= y1)."""
     unknown_labels: list[str] = field(default_factory=list)
     """Labels not among the categories passed to ``parse`` (kept in ``labels`` all the same)."""
+    spans: list[tuple[int, int]] = field(default_factory=list)
+    """Character span of each kept box in the text (inference scores boxes by their tokens)."""
 
     def to_dict(self) -> dict:
-        """The detections shape shared with references and the metric, plus the counts."""
+        """The detections shape shared with references and the metric, plus the counts (spans left out)."""
         return {
             "boxes": self.boxes.tolist(),
             "labels": list(self.labels),
@@ -88,7 +90,8 @@ _LABEL_TRIM = " \t\r\n,;:.-" + _QUOTES
 
 
 def _finish(
-    grid_or_pixels: list[list[float]], labels: list[str], unparsed: int, scale: np.ndarray, width, height, categories
+    grid_or_pixels: list[list[float]], labels: list[str], unparsed: int, scale: np.ndarray, width, height, categories,
+    spans: list[tuple[int, int]],
 ) -> ParseResult:
     """Scale raw coordinates to original pixels, clamp, drop empty boxes, map labels to categories."""
     raw = np.asarray(grid_or_pixels, dtype=np.float64).reshape(-1, 4)
@@ -108,7 +111,8 @@ def _finish(
                 if label not in unknown:
                     unknown.append(label)
         kept_labels = mapped
-    return ParseResult(pixels[keep], kept_labels, unparsed, int((~keep).sum()), unknown)
+    kept_spans = [span for span, k in zip(spans, keep) if k]
+    return ParseResult(pixels[keep], kept_labels, unparsed, int((~keep).sum()), unknown, kept_spans)
 
 
 class _Format:
@@ -162,8 +166,9 @@ class Qwen2Format(_Format):
 
     def parse(self, text, width, height, input_size=None, categories=None) -> ParseResult:
         text = str(text)
-        plain = _SPECIAL.sub(" ", text)
+        plain = _SPECIAL.sub(lambda m: " " * len(m.group()), text)  # same offsets as the text
         coords: list[list[float]] = []
+        spans: list[tuple[int, int]] = []
         labels: list[str] = []
         label = ""
         last_end = 0
@@ -175,11 +180,12 @@ class Qwen2Format(_Format):
             if candidate:
                 label = candidate
             coords.append([float(v) for v in match.groups()])
+            spans.append(match.span())
             labels.append(label)
             last_end = match.end()
         _QWEN2_FRAGMENT.sub(lambda m: leftovers.append(m.group()) or " ", plain[last_end:])
         scale = 1.0 / B.GRID * np.array([width, height, width, height], dtype=np.float64)
-        return _finish(coords, labels, len(leftovers), scale, width, height, categories)
+        return _finish(coords, labels, len(leftovers), scale, width, height, categories, spans)
 
 
 class _JsonFormat(_Format):
@@ -203,6 +209,7 @@ class _JsonFormat(_Format):
         text = str(text)
         decoder = json.JSONDecoder()
         coords: list[list[float]] = []
+        spans: list[tuple[int, int]] = []
         labels: list[str] = []
         unparsed = 0
         pos = text.find("{")
@@ -222,9 +229,10 @@ class _JsonFormat(_Format):
                 unparsed += 1
             else:
                 coords.append(values)
+                spans.append((pos, end))
                 labels.append(normalize_label(item.get("label", "")))
             pos = text.find("{", end)
-        return _finish(coords, labels, unparsed, self._scale(width, height, input_size), width, height, categories)
+        return _finish(coords, labels, unparsed, self._scale(width, height, input_size), width, height, categories, spans)
 
 
 class Qwen2_5Format(_JsonFormat):

@@ -45,6 +45,7 @@ class SynthOptions:
     max_object_fraction: float = 0.45
     max_iou: float = 0.2  # overlapping objects are allowed, hidden ones are not
     categories: int = len(CATEGORIES)
+    colour_by_class: bool = False  # one colour per class (easier), instead of any colour for any shape
 
 
 def make_annotations(n_images: int, seed: int = 0, options: SynthOptions | None = None, first_id: int = 1) -> dict:
@@ -81,7 +82,8 @@ def make_annotations(n_images: int, seed: int = 0, options: SynthOptions | None 
             placed.append(box)
             cat = cats[int(rng.integers(len(cats)))]
             anns.append(_annotation(ann_id, image_id, cat["id"], box, crowd=False))
-            anns[-1]["_colour"] = int(rng.integers(len(COLOURS)))
+            colour = int(rng.integers(len(COLOURS)))
+            anns[-1]["_colour"] = cats.index(cat) % len(COLOURS) if opt.colour_by_class else colour
             ann_id += 1
         if crowd[i]:
             side = rng.uniform(0.25, 0.4, 2) * np.array([w, h])

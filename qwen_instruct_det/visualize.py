@@ -21,6 +21,8 @@ TRUTH_COLOUR = (40, 220, 90)
 def class_colour(label: str) -> tuple[int, int, int]:
     """A stable, saturated colour per label (golden-ratio hue steps over a hash of the name)."""
     h = (sum(ord(c) * 131 ** i for i, c in enumerate(str(label))) % 997) * 0.618033988749895 % 1.0
+    h *= 0.75
+    h = h + 0.25 if h >= 0.2 else h  # hues in [0, 0.2) and [0.45, 1): clear of the truth's green
     r, g, b = colorsys.hsv_to_rgb(h, 0.85, 1.0)
     return int(r * 255), int(g * 255), int(b * 255)
 

@@ -1,0 +1,53 @@
+"""Does the whole path learn? The demo's held-out F1@50, wall time, and detection-only vs mixture.
+
+    python benchmarks/demo_learning.py                  # the demo as `qid demo` runs it, --repeats times
+    python benchmarks/demo_learning.py --compare-mix    # same step budget: detection only vs detection + count + regions
+
+Prints F1@50 (det_iou50), precision, recall, mean IoU, AP50 and seconds per run, and the
+median over runs (each run with its own seed). CPU, offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from dataclasses import replace
+
+from qwen_instruct_det.demo import DemoArguments, run_demo
+
+MIXTURE = "detection=0.5,count=0.125,full_region=0.125,partial_region=0.125,none_region=0.125"
+
+
+def one(args: DemoArguments) -> dict:
+    report = run_demo(args, progress=lambda *_: None)
+    d = report["det_iou50"]
+    return {"f1": d["f1"], "precision": d["precision"], "recall": d["recall"], "mean_iou": d["mean_iou"],
+            "AP50": report["coco_map"]["AP50"], "seconds": report["demo"]["seconds"]["total"],
+            "truncated": report["parsing"]["truncated_answers"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compare-mix", action="store_true")
+    parser.add_argument("--max-steps", type=int, default=None)
+    args = parser.parse_args()
+    base = DemoArguments()
+    if args.max_steps:
+        base = replace(base, max_steps=args.max_steps)
+    variants = {"demo": base.mix} if not args.compare_mix else {"detection only": "detection=1.0", "detection + count + regions": MIXTURE}
+    for name, mix in variants.items():
+        runs = []
+        for seed in range(args.repeats):
+            with tempfile.TemporaryDirectory() as out:
+                r = one(replace(base, out=out, mix=mix, seed=seed))
+            runs.append(r)
+            print(f"{name} seed {seed}: F1@50 {r['f1']:.3f}  P {r['precision']:.3f}  R {r['recall']:.3f}  "
+                  f"mIoU {r['mean_iou']:.3f}  AP50 {r['AP50']:.3f}  {r['seconds']:.0f} s  truncated {r['truncated']}", flush=True)
+        print(f"{name}: median F1@50 {statistics.median(r['f1'] for r in runs):.3f}, "
+              f"median {statistics.median(r['seconds'] for r in runs):.0f} s over {len(runs)} runs ({base.max_steps} steps)\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()

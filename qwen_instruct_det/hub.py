@@ -1,0 +1,158 @@
+"""Hub folders and cards, and the one call that needs the network.
+
+Everything that would be uploaded is first written to a local folder, so it can be read,
+tested and loaded before anything leaves the machine:
+
+- ``dataset_folder``: every configuration as Parquet with the image bytes embedded
+  (``CONFIG/SPLIT-00000-of-00001.parquet``) and a dataset card whose YAML lists the
+  configurations, so ``load_dataset("user/repo", "count")`` works with no library at all
+  (and ``load_dataset(folder, "count")`` works locally).
+- ``model_card``: the card of an adapter or merged model: base model, data, recipe, the
+  box format and image budget, and the evaluation table when there is one.
+- ``merge``: the adapter folded into its base model, saved with processor and qid config.
+
+``upload`` is the only function that talks to the Hub (through ``huggingface_hub``); the
+token comes from the usual login (``hf auth login`` or ``HF_TOKEN``) and is never written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from .tasks import TASKS
+
+logger = logging.getLogger(__name__)
+
+_CONFIG_TEXT = {
+    "detection": "all boxes of each image as Qwen grounding text, grouped by category in id order, boxes in reading order",
+    "count": "`NAME: N` per category present (images with crowd regions left out)",
+    "full_region": "a region that fully contains one object and at most 5% of any other",
+    "partial_region": "a region that shows 20-80% of one object, the visible share stated to the nearest 10%",
+    "none_region": "a region that touches no object box, crowd boxes included",
+}
+
+
+def dataset_folder(out_dir: str | os.PathLike, configs: list[str] | None = None, pretty_name: str = "Qwen-VL detection instructions",
+                   cache_dir: str | None = None, **builder_kwargs) -> Path:
+    """Write all configurations as Parquet (images embedded) plus a README card; return the folder."""
+    from datasets.table import embed_table_storage
+
+    from .builder import QwenInstructDet
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, dict] = {}
+    for name in configs or list(TASKS):
+        builder = QwenInstructDet(config_name=name, cache_dir=cache_dir, **builder_kwargs)
+        builder.download_and_prepare()
+        summary[name] = {"rows": {}, "skipped": builder.skipped}
+        for split in builder.info.splits:
+            ds = builder.as_dataset(split=split)
+            embedded = ds.with_format("arrow").map(embed_table_storage, batched=True, keep_in_memory=True).with_format(None)
+            (out / name).mkdir(exist_ok=True)
+            embedded.to_parquet(str(out / name / f"{split}-00000-of-00001.parquet"))
+            summary[name]["rows"][split] = len(ds)
+    options = {k: v for k, v in builder_kwargs.items() if v is not None and k not in ("data_dir", "annotation_files", "image_dirs")}
+    (out / "README.md").write_text(dataset_card(summary, pretty_name, options))
+    return out
+
+
+def dataset_card(summary: dict[str, dict], pretty_name: str, options: dict) -> str:
+    """A dataset card whose YAML ``configs`` make every configuration loadable by name."""
+    yaml = ["---", f"pretty_name: {pretty_name}", "task_categories:", "- image-text-to-text", "- object-detection",
+            "tags:", "- qwen-vl", "- grounding", "- instruction-tuning", "configs:"]
+    for i, (name, info) in enumerate(summary.items()):
+        yaml.append(f"- config_name: {name}")
+        if i == 0:
+            yaml.append("  default: true")
+        yaml.append("  data_files:")
+        for split in info["rows"]:
+            yaml += [f"  - split: {split}", f"    path: {name}/{split}-*.parquet"]
+    yaml.append("---")
+    body = [
+        f"# {pretty_name}", "",
+        "Instruction-tuning data for Qwen-VL detection, built from a COCO-format data set with "
+        "[qwen_instruct_det](https://github.com/). Load a configuration without any library:", "",
+        "```python", "from datasets import load_dataset", f'ds = load_dataset("USER/REPO", "{next(iter(summary))}")', "```", "",
+        "Rows are TRL prompt-completion conversations with one image (`images`, `prompt`, `completion`) plus the truth "
+        "(`objects` as pixel `[x1, y1, x2, y2]` with category names, `width`, `height`, `image_id`) and, for region "
+        "configurations, the probed `region` and the answer object's `visible_fraction`. Coordinates in text are on "
+        "Qwen2-VL's 0-1000 grid unless the box format says otherwise.", "",
+        "| configuration | what the answer states | " + " | ".join(f"{s} rows" for s in _splits(summary)) + " | skipped |",
+        "| --- | --- | " + " | ".join("---:" for _ in _splits(summary)) + " | --- |",
+    ]
+    for name, info in summary.items():
+        skipped = "; ".join(f"{split}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v) for split, counts in info["skipped"].items())
+        rows = " | ".join(str(info["rows"].get(s, 0)) for s in _splits(summary))
+        body.append(f"| `{name}` | {_CONFIG_TEXT.get(name, '')} | {rows} | {skipped or '-'} |")
+    body += ["", "## Build options", "", "```json", json.dumps(options, indent=2, default=str), "```", "",
+             "Skipped records are counted above, never dropped silently. The images keep the license of the source data set.", ""]
+    return "\n".join(yaml + [""] + body)
+
+
+def _splits(summary: dict[str, dict]) -> list[str]:
+    seen: list[str] = []
+    for info in summary.values():
+        for split in info["rows"]:
+            if split not in seen:
+                seen.append(split)
+    return seen
+
+
+def model_card(folder: str | os.PathLike, kind: str, recipe: dict | None = None, report: dict | None = None) -> Path:
+    """Write README.md for an adapter or merged model folder from its qid config, recipe and report."""
+    from .evaluation import markdown_table
+    from .modeling import QidModelConfig
+
+    out = Path(folder)
+    qc = QidModelConfig.load(out) or QidModelConfig()
+    base = qc.base_model or "unknown"
+    yaml = ["---", "library_name: peft" if kind == "adapter" else "library_name: transformers", f"base_model: {base}",
+            "pipeline_tag: image-text-to-text", "tags:", "- qwen-vl", "- object-detection", "- grounding", "- trl", "- sft", "---"]
+    what = "A LoRA adapter" if kind == "adapter" else "A fine-tuned model (LoRA merged into the base)"
+    body = [f"# {out.name}", "", f"{what} for detection with Qwen-VL grounding output, trained with TRL's SFTTrainer "
+            "on instruction data built by qwen_instruct_det.", "",
+            f"- base model: `{base}`",
+            f"- training configurations and ratios: {qc.train_configs or 'not recorded'}",
+            f"- box format: `{qc.box_format}`; image budget: min_pixels {qc.min_pixels}, max_pixels {qc.max_pixels} "
+            "(use the same at inference: coordinates depend on the resize)",
+            f"- longest training answer: {qc.max_answer_tokens} tokens", ""]
+    if recipe:
+        body += ["## Recipe", "", "```json", json.dumps(recipe, indent=2, default=str), "```", ""]
+    if report:
+        m = report.get("coco_map", {})
+        body += ["## Evaluation", "", f"On {report.get('images', '?')} held-out images:", "", markdown_table(report["det_iou50"]), "",
+                 f"COCO mAP (pycocotools): AP {m.get('AP', 0):.3f}, AP50 {m.get('AP50', 0):.3f}, AP75 {m.get('AP75', 0):.3f}", ""]
+    else:
+        body += ["## Evaluation", "", "Not evaluated yet: run `qid predict` and `qid evaluate`.", ""]
+    (out / "README.md").write_text("\n".join(yaml + [""] + body))
+    return out / "README.md"
+
+
+def merge(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, base_model: str | None = None) -> Path:
+    """Fold a LoRA adapter into its base model; save the standalone model, processor and qid config."""
+    from .modeling import QidModelConfig, load_for_inference
+
+    model, processor, qc = load_for_inference(str(adapter_dir), base_model=base_model)
+    merged = model.merge_and_unload()
+    out = Path(out_dir)
+    merged.save_pretrained(out)
+    processor.save_pretrained(out)
+    (QidModelConfig.load(adapter_dir) or qc).save(out)
+    return out
+
+
+def upload(folder: str | os.PathLike, repo_id: str, repo_type: str = "model", private: bool = True, commit_message: str | None = None) -> str:
+    """Create the repo if needed and upload the folder: the only network call of the library."""
+    from huggingface_hub import HfApi
+
+    if repo_type not in ("model", "dataset"):
+        raise ValueError(f"repo_type must be 'model' or 'dataset', got {repo_type!r}.")
+    api = HfApi()  # token from the usual login; never read or written here
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type,
+                             commit_message=commit_message or "Upload with qwen_instruct_det")
+    return str(getattr(info, "commit_url", info))

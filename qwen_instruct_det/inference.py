@@ -1,0 +1,182 @@
+"""Batched generation to parsed detections, with a confidence per box.
+
+``generate`` runs greedy (by default) batched generation with left padding and returns,
+per sample, the answer text, the probability of each generated token and whether the
+answer ended with the end-of-turn token. ``predict`` parses each answer with the model's
+box format into pixel boxes of the original image, scores each box by the mean
+probability of its tokens (so COCO AP can rank detections) and yields JSONL-ready
+records; ``predict_to_file`` appends them to a file and resumes where a previous run
+stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .formats import get_box_format
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Generation:
+    text: str
+    token_probs: np.ndarray
+    token_ends: np.ndarray  # character offset where each generated token ends in ``text``
+    ended: bool  # the model closed its turn (not cut off by max_new_tokens)
+
+
+def _processor_call(processor, images, texts, device):
+    tok = processor.tokenizer
+    side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        enc = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    finally:
+        tok.padding_side = side
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in enc.items()}
+
+
+def generate(model, processor, images: list, prompts: list[list[dict]], max_new_tokens: int = 512, **generate_kwargs) -> list[Generation]:
+    """Greedy batched generation for one batch of (images, prompt messages)."""
+    import torch
+
+    texts = [processor.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    enc = _processor_call(processor, images, texts, model.device)
+    kwargs = {"do_sample": False, **generate_kwargs}
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, output_scores=True, return_dict_in_generate=True, **kwargs)
+    prompt_len = enc["input_ids"].shape[1]
+    new = out.sequences[:, prompt_len:]
+    logprobs = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+    probs = torch.exp(logprobs.float()).cpu().numpy()
+    tok = processor.tokenizer
+    end_of_turn = {tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id}
+    results = []
+    for row, p in zip(new.tolist(), probs):
+        pieces, ended = [], False
+        for tid in row:
+            if tid in end_of_turn or tid == tok.pad_token_id:
+                ended = tid in end_of_turn
+                break
+            pieces.append(tok.convert_tokens_to_string([tok.convert_ids_to_tokens(tid)]))
+        ends = np.cumsum([len(piece) for piece in pieces]) if pieces else np.zeros(0, dtype=np.int64)
+        results.append(Generation("".join(pieces), p[: len(pieces)], ends, ended))
+    return results
+
+
+def box_confidences(gen: Generation, spans: list[tuple[int, int]]) -> list[float]:
+    """Mean probability of the tokens that overlap each box's character span."""
+    token_starts = np.concatenate([[0], gen.token_ends[:-1]]) if len(gen.token_ends) else gen.token_ends
+    scores = []
+    for s, e in spans:
+        mask = (token_starts < e) & (gen.token_ends > s)
+        scores.append(float(gen.token_probs[mask].mean()) if mask.any() else 1.0)
+    return scores
+
+
+def input_size(processor, width: int, height: int) -> tuple[int, int]:
+    """The (width, height) the processor resizes an image to (what qwen2_5 coordinates refer to)."""
+    from .boxes import smart_resize
+
+    ip = processor.image_processor
+    h, w = smart_resize(height, width, factor=ip.patch_size * ip.merge_size, min_pixels=ip.size["shortest_edge"],
+                        max_pixels=ip.size["longest_edge"])
+    return w, h
+
+
+def predict(model, processor, rows: Iterable[dict], box_format: str = "qwen2", batch_size: int = 8, max_new_tokens: int = 512,
+            categories: list[str] | None = None) -> Iterator[dict]:
+    """Records for rows that carry ``images``, ``prompt``, ``width``, ``height`` (and ``objects``, ``image_id`` when known)."""
+    fmt = get_box_format(box_format)
+    batch: list[dict] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == batch_size:
+            yield from _predict_batch(model, processor, batch, fmt, max_new_tokens, categories)
+            batch = []
+    if batch:
+        yield from _predict_batch(model, processor, batch, fmt, max_new_tokens, categories)
+
+
+def _image_path(image) -> str | None:
+    return getattr(image, "filename", None) or None
+
+
+def _predict_batch(model, processor, batch, fmt, max_new_tokens, categories):
+    images = [row["images"] for row in batch]
+    gens = generate(model, processor, images, [row["prompt"] for row in batch], max_new_tokens)
+    for row, gen in zip(batch, gens):
+        w, h = int(row["width"]), int(row["height"])
+        size = input_size(processor, w, h) if fmt.needs_input_size else None
+        parsed = fmt.parse(gen.text, w, h, input_size=size, categories=categories)
+        record = {
+            "image_id": row.get("image_id"),
+            "image": _image_path(row["images"][0]),
+            "width": w,
+            "height": h,
+            "text": gen.text,
+            "detections": {"boxes": parsed.boxes.tolist(), "labels": parsed.labels, "scores": box_confidences(gen, parsed.spans)},
+            "unparsed": parsed.unparsed,
+            "dropped": parsed.dropped,
+            "unknown_labels": parsed.unknown_labels,
+            "truncated": not gen.ended,
+        }
+        if row.get("objects") is not None:
+            record["truth"] = {"boxes": [o["bbox"] for o in row["objects"]], "labels": [o["category"] for o in row["objects"]]}
+        yield record
+
+
+def done_ids(path: str | os.PathLike) -> set:
+    """Image ids already in a predictions file (a cut-off last line is ignored and rewritten)."""
+    ids = set()
+    p = Path(path)
+    if not p.is_file():
+        return ids
+    good = []
+    with open(p) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            ids.add(record.get("image_id"))
+            good.append(line)
+    p.write_text("".join(good))
+    return ids
+
+
+def predict_to_file(model, processor, dataset, path: str | os.PathLike, box_format: str = "qwen2", batch_size: int = 8,
+                    max_new_tokens: int = 512, categories=None, progress: bool = True) -> dict:
+    """Append predictions for the rows not yet in ``path``; returns counts (done before, written, truncated)."""
+    from tqdm.auto import tqdm
+
+    before = done_ids(path)
+    todo = [i for i, image_id in enumerate(dataset["image_id"]) if image_id not in before]
+    rows = dataset.select(todo)
+    written = truncated = 0
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f, tqdm(total=len(todo), desc="predict", unit="img", disable=not progress) as bar:
+        for record in predict(model, processor, rows, box_format, batch_size, max_new_tokens, categories):
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            written += 1
+            truncated += record["truncated"]
+            bar.update(1)
+    if truncated:
+        logger.warning("%d answers hit max_new_tokens=%d without closing the turn; raise it", truncated, max_new_tokens)
+    return {"skipped_done": len(before), "written": written, "truncated": truncated}
+
+
+def default_max_new_tokens(max_answer_tokens: int | None, fallback: int = 512) -> int:
+    """An answer budget from the longest training answer (+25% and a margin), not a fixed 128."""
+    if not max_answer_tokens:
+        return fallback
+    return int(max_answer_tokens * 1.25) + 16

@@ -1,0 +1,132 @@
+"""The model half of the ``qid`` command: ``predict``, ``merge``, ``push`` and ``demo`` (``train`` is ``training.main``).
+
+Thin functions over ``inference``, ``hub`` and ``demo``, each taking a config dataclass.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class PredictArguments:
+    model: str = field(metadata={"help": "A folder written by qid train (adapter or model) or qid merge, or a Hub model id.", "positional": True})
+    out: str = field(default="predictions.jsonl", metadata={"help": "JSONL to write (appended to and resumed if it exists)."})
+    data_dir: str | None = field(default=None, metadata={"help": "COCO-layout folder: predict on a split, with truth."})
+    split: str = field(default="validation", metadata={"help": "Split of data_dir to predict on."})
+    images: str | None = field(default=None, metadata={"help": "Or a folder of images (no truth)."})
+    base_model: str | None = field(default=None, metadata={"help": "Base model for an adapter (default: the one it names)."})
+    box_format: str | None = field(default=None, metadata={"help": "Override the box format saved with the model."})
+    batch_size: int = field(default=8, metadata={"help": "Images per generate call."})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Answer budget (default: from the longest training answer)."})
+    limit: int | None = field(default=None, metadata={"help": "Only the first N images."})
+    dtype: str | None = field(default=None, metadata={"help": "torch dtype to load in (e.g. bfloat16 on a GPU)."})
+
+
+def predict(args: PredictArguments) -> dict:
+    """Batched generation over a split or a folder, written as JSONL records."""
+    from .inference import default_max_new_tokens, predict_to_file
+    from .modeling import load_for_inference
+
+    if bool(args.data_dir) == bool(args.images):
+        raise ValueError("give exactly one of --data_dir (a COCO-layout folder) or --images (a folder of images).")
+    model, processor, qc = load_for_inference(args.model, base_model=args.base_model, dtype=args.dtype,
+                                              device_map="auto" if _has_cuda() else None)
+    dataset = _split_rows(args.data_dir, args.split, qc) if args.data_dir else _folder_rows(args.images)
+    if args.limit:
+        dataset = dataset.select(range(min(args.limit, len(dataset))))
+    budget = args.max_new_tokens or default_max_new_tokens(qc.max_answer_tokens)
+    counts = predict_to_file(model, processor, dataset, args.out, box_format=args.box_format or qc.box_format,
+                             batch_size=args.batch_size, max_new_tokens=budget, categories=qc.categories or None)
+    return {**counts, "max_new_tokens": budget, "out": args.out}
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _split_rows(data_dir: str, split: str, qc):
+    from .builder import QwenInstructDet
+
+    builder = QwenInstructDet(config_name="detection", data_dir=data_dir, box_format=qc.box_format, display_name=qc.display_name,
+                              min_pixels=qc.min_pixels, max_pixels=qc.max_pixels)
+    builder.download_and_prepare()
+    if split not in builder.info.splits:
+        raise ValueError(f"{data_dir} has no split {split!r}; it has {list(builder.info.splits)}.")
+    return builder.as_dataset(split=split)
+
+
+def _folder_rows(folder: str):
+    import datasets
+    from PIL import Image
+
+    from .tasks import DETECTION_PROMPT
+
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".bmp"))
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no images (.jpg, .png, .webp, .bmp) found.")
+    sizes = [Image.open(p).size for p in paths]
+    prompt = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": DETECTION_PROMPT}]}]
+    features = datasets.Features({"images": datasets.List(datasets.Image()), "prompt": datasets.List({"role": datasets.Value("string"),
+                                  "content": datasets.List({"type": datasets.Value("string"), "text": datasets.Value("string")})}),
+                                  "image_id": datasets.Value("string"), "width": datasets.Value("int32"), "height": datasets.Value("int32")})
+    return datasets.Dataset.from_dict({"images": [[str(p)] for p in paths], "prompt": [prompt] * len(paths), "image_id": [p.name for p in paths],
+                                       "width": [w for w, _ in sizes], "height": [h for _, h in sizes]}, features=features)
+
+
+@dataclass
+class MergeArguments:
+    adapter: str = field(metadata={"help": "Adapter folder written by qid train.", "positional": True})
+    out: str = field(metadata={"help": "Folder for the merged model."})
+    base_model: str | None = field(default=None, metadata={"help": "Base model (default: the one the adapter names)."})
+
+
+def merge(args: MergeArguments) -> Path:
+    from .hub import merge as merge_adapter
+    from .hub import model_card
+
+    out = merge_adapter(args.adapter, args.out, base_model=args.base_model)
+    report = Path(args.adapter) / "report.json"
+    model_card(out, "model", report=json.loads(report.read_text()) if report.is_file() else None)
+    return out
+
+
+@dataclass
+class PushArguments:
+    kind: str = field(metadata={"help": "'dataset', 'adapter' or 'model'.", "positional": True})
+    source: str = field(metadata={"help": "dataset: a COCO-layout folder; adapter/model: the folder to publish.", "positional": True})
+    repo_id: str | None = field(default=None, metadata={"help": "user/name on the Hub (omit with --dry_run)."})
+    folder: str | None = field(default=None, metadata={"help": "Where to build the upload folder (dataset only; default: a temporary one)."})
+    report: str | None = field(default=None, metadata={"help": "report.json from qid evaluate, for the model card."})
+    private: bool = field(default=True, metadata={"help": "Create the repo private."})
+    dry_run: bool = field(default=False, metadata={"help": "Build the folder and cards, upload nothing."})
+
+
+def push(args: PushArguments) -> dict:
+    """Build the exact folder that would be uploaded (cards included), then upload it unless --dry_run."""
+    import tempfile
+
+    from .hub import dataset_folder, model_card, upload
+
+    if args.kind not in ("dataset", "adapter", "model"):
+        raise ValueError(f"kind must be 'dataset', 'adapter' or 'model', got {args.kind!r}.")
+    if not args.dry_run and not args.repo_id:
+        raise ValueError("--repo_id is required to upload (or pass --dry_run to only build the folder).")
+    if args.kind == "dataset":
+        folder = Path(args.folder or tempfile.mkdtemp(prefix="qid_dataset_"))
+        dataset_folder(folder, data_dir=args.source)
+        repo_type = "dataset"
+    else:
+        folder = Path(args.source)
+        report = json.loads(Path(args.report).read_text()) if args.report else None
+        recipe_path = folder / "training_args.json"
+        model_card(folder, args.kind, recipe=json.loads(recipe_path.read_text()) if recipe_path.is_file() else None, report=report)
+        repo_type = "model"
+    result = {"folder": str(folder), "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())}
+    if not args.dry_run:
+        result["url"] = upload(folder, args.repo_id, repo_type=repo_type, private=args.private)
+    return result

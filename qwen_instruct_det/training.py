@@ -1,0 +1,215 @@
+"""Fine-tuning with TRL's SFTTrainer and PEFT LoRA on the builder's prompt-completion rows.
+
+``make_trainer`` turns three config dataclasses (ours for data and model parts, TRL's
+``ModelConfig`` for the checkpoint and LoRA, TRL's ``SFTConfig`` for the recipe) into an
+``SFTTrainer``: configurations mixed with ``interleave_datasets``, over-long samples dropped
+and counted (never truncated: truncation can cut image tokens or answers), loss on the
+completion only (TRL's default for prompt-completion data), LoRA on the linear layers of
+the unfrozen parts. ``main`` is the ``qid train`` entry point: flags, a YAML recipe
+(``--config``) and Python agree because the same dataclasses back all three, as in
+TRL's own scripts. Scaling out is accelerate's job: ``accelerate launch -m
+qwen_instruct_det.training --config ...`` runs this same entry point on many devices.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .boxes import smart_resize
+from .modeling import PARTS, QidModelConfig, format_summary, lora_target_regex, set_trainable_parts, trainable_summary
+from .tasks import TASKS
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataArguments:
+    """Which instruction data to train on."""
+
+    data_dir: str | None = field(default=None, metadata={"help": "COCO-2017-layout folder (qid synth writes one)."})
+    mix: str = field(default="detection=1.0", metadata={"help": "Configurations and sampling ratios, e.g. 'detection=0.6,count=0.2,full_region=0.2'."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str | None = field(default=None, metadata={"help": "Split for evaluation loss (None: no evaluation during training)."})
+    subset: int | None = field(default=None, metadata={"help": "Seeded random subset of N images per configuration."})
+    box_format: str = field(default="qwen2", metadata={"help": "Box format of the targets: qwen2, qwen2_5 or qwen3 (match the model family)."})
+    display_name: str = field(default="COCO", metadata={"help": "Data set name in none_region answers."})
+    regions_per_object: int = field(default=1, metadata={"help": "Region rows per object."})
+    data_seed: int = field(default=0, metadata={"help": "Seed of the builder and of the mixing."})
+
+
+@dataclass
+class PartsArguments:
+    """Which parts of the model train, and the processor's image budget."""
+
+    freeze_vision: bool = field(default=True, metadata={"help": "Freeze the vision tower (no LoRA / no gradients there)."})
+    freeze_merger: bool = field(default=True, metadata={"help": "Freeze the merger (the aligner between vision and language)."})
+    freeze_llm: bool = field(default=False, metadata={"help": "Freeze the language model."})
+    min_pixels: int = field(default=56 * 56, metadata={"help": "Processor min_pixels (saved with the model)."})
+    max_pixels: int = field(default=28 * 28 * 1280, metadata={"help": "Processor max_pixels (saved with the model)."})
+    tiny: bool = field(default=False, metadata={"help": "Train the offline tiny Qwen2-VL from scratch instead of loading model_name_or_path."})
+
+    def trainable_parts(self) -> list[str]:
+        frozen = {"vision": self.freeze_vision, "merger": self.freeze_merger, "language_model": self.freeze_llm}
+        return [p for p in PARTS if not frozen[p]]
+
+
+def parse_mix(mix: str) -> dict[str, float]:
+    """'detection=0.6,count=0.4' (or 'detection,count' for equal parts) to normalised ratios."""
+    ratios: dict[str, float] = {}
+    for item in [m.strip() for m in mix.split(",") if m.strip()]:
+        name, _, value = item.partition("=")
+        if name not in TASKS:
+            raise ValueError(f"mix names {name!r}; choose from {list(TASKS)}.")
+        try:
+            ratios[name] = float(value) if value else 1.0
+        except ValueError:
+            raise ValueError(f"mix ratio for {name!r} must be a number, got {value!r}.") from None
+        if ratios[name] <= 0:
+            raise ValueError(f"mix ratio for {name!r} must be positive.")
+    if not ratios:
+        raise ValueError("mix is empty; give at least one configuration, e.g. 'detection=1.0'.")
+    total = sum(ratios.values())
+    return {k: v / total for k, v in ratios.items()}
+
+
+def build_mixture(data: DataArguments, split: str, cache_dir: str | None = None):
+    """The configurations of ``data.mix`` for ``split``, interleaved with their ratios (seeded)."""
+    import datasets
+
+    from .builder import QwenInstructDet
+
+    if not data.data_dir:
+        raise ValueError("data_dir is not set: point it at a COCO-2017-layout folder (qid synth writes one).")
+    ratios = parse_mix(data.mix)
+    parts = []
+    for name in ratios:
+        builder = QwenInstructDet(config_name=name, data_dir=data.data_dir, subset=data.subset, box_format=data.box_format,
+                                  display_name=data.display_name, regions_per_object=data.regions_per_object, seed=data.data_seed,
+                                  cache_dir=cache_dir)
+        builder.download_and_prepare()
+        parts.append(builder.as_dataset(split=split).select_columns(["images", "prompt", "completion", "task", "width", "height"]))
+    if len(parts) == 1:
+        return parts[0].shuffle(seed=data.data_seed)
+    return datasets.interleave_datasets(parts, probabilities=list(ratios.values()), seed=data.data_seed, stopping_strategy="all_exhausted")
+
+
+def token_lengths(dataset, processor) -> tuple[list[int], list[int]]:
+    """(whole-sample, answer) token counts per row, image tokens included, without decoding images."""
+    ip = processor.image_processor
+    factor = ip.patch_size * ip.merge_size
+    min_pixels, max_pixels = ip.size["shortest_edge"], ip.size["longest_edge"]
+    tok = processor.tokenizer
+    prompts, answers, image_tokens = [], [], []
+    for row in dataset.select_columns(["prompt", "completion", "width", "height"]):
+        h, w = smart_resize(row["height"], row["width"], factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+        image_tokens.append((h // factor) * (w // factor))
+        prompt = processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        full = processor.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+        prompts.append(prompt)
+        answers.append(full[len(prompt):])
+    p_len = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
+    a_len = [len(ids) for ids in tok(answers, add_special_tokens=False)["input_ids"]]
+    return [p + a + n - 1 for p, a, n in zip(p_len, a_len, image_tokens)], a_len
+
+
+def drop_long(dataset, processor, max_length: int | None):
+    """Rows that fit ``max_length`` tokens; returns (dataset, number dropped, longest answer in tokens)."""
+    total, answer = token_lengths(dataset, processor)
+    longest = max(answer) if answer else 0
+    if max_length is None:
+        return dataset, 0, longest
+    keep = [i for i, n in enumerate(total) if n <= max_length]
+    dropped = len(total) - len(keep)
+    if dropped:
+        logger.warning("dropped %d of %d samples longer than max_length=%d tokens (image tokens included); "
+                       "raise max_length or lower max_pixels to keep them", dropped, len(total), max_length)
+    kept_answers = [answer[i] for i in keep]
+    return dataset.select(keep), dropped, max(kept_answers) if kept_answers else 0
+
+
+def make_trainer(data: DataArguments, parts: PartsArguments, model_args, sft_config, model=None, processor=None, cache_dir=None):
+    """An ``SFTTrainer`` ready to train, and the :class:`QidModelConfig` that travels with its output."""
+    from trl import SFTTrainer, get_peft_config
+
+    from .modeling import load_model, load_processor
+
+    if processor is None:
+        if parts.tiny:
+            raise ValueError("tiny=True needs the tiny processor and model passed in (qwen_instruct_det.tiny_model.build_*).")
+        processor = load_processor(model_args.model_name_or_path, parts.min_pixels, parts.max_pixels,
+                                   trust_remote_code=getattr(model_args, "trust_remote_code", False))
+    if model is None:
+        model = load_model(model_args.model_name_or_path, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation,
+                           trust_remote_code=getattr(model_args, "trust_remote_code", False))
+    train = build_mixture(data, data.train_split, cache_dir=cache_dir)
+    train, dropped, longest = drop_long(train, processor, sft_config.max_length)
+    evaluation = None
+    if data.eval_split:
+        evaluation, _, _ = drop_long(build_mixture(data, data.eval_split, cache_dir=cache_dir), processor, sft_config.max_length)
+    sft_config.max_length = None  # over-long rows were dropped above; never let the collator truncate image tokens
+    trainable = parts.trainable_parts()
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None:
+        if not model_args.lora_target_modules:
+            peft_config.target_modules = lora_target_regex(trainable)
+    else:
+        set_trainable_parts(model, trainable)
+    trainer = SFTTrainer(model=model, args=sft_config, train_dataset=train, eval_dataset=evaluation, processing_class=processor,
+                         peft_config=peft_config)
+    summary = trainable_summary(trainer.model)
+    logger.info("trainable parameters per part:\n%s", format_summary(summary))
+    trainer.qid_stats = {"dropped_long_samples": dropped, "train_rows": len(train), "trainable": summary}
+    qid_config = QidModelConfig(
+        box_format=data.box_format, min_pixels=processor.image_processor.size["shortest_edge"],
+        max_pixels=processor.image_processor.size["longest_edge"], max_answer_tokens=longest,
+        base_model=model_args.model_name_or_path, display_name=data.display_name, train_configs=parse_mix(data.mix),
+    )
+    return trainer, qid_config
+
+
+def save_trained(trainer, processor, qid_config: QidModelConfig, output_dir: str | None = None) -> Path:
+    """Save the adapter (or model), the processor and ``qid_config.json`` together."""
+    import json
+
+    out = Path(output_dir or trainer.args.output_dir)
+    trainer.save_model(str(out))
+    processor.save_pretrained(str(out))
+    qid_config.save(out)
+    recipe = {k: v for k, v in trainer.args.to_dict().items() if isinstance(v, (str, int, float, bool, type(None)))}
+    recipe.update(getattr(trainer, "qid_stats", {}))
+    (out / "training_args.json").write_text(json.dumps(recipe, indent=2, default=str))
+    return out
+
+
+def make_parser():
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    return TrlParser((DataArguments, PartsArguments, ModelConfig, SFTConfig))
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """``qid train``: parse flags / ``--config recipe.yaml``, train, save adapter + processor + qid_config.json."""
+    parser = make_parser()
+    data, parts, model_args, sft_config = parser.parse_args_and_config(args=argv)
+    model = processor = None
+    if parts.tiny:
+        from .tiny_model import TinyModelConfig, build_model, build_processor
+
+        texts = [row["completion"][0]["content"][0]["text"] for row in build_mixture(data, data.train_split)]
+        tiny = TinyModelConfig(min_pixels=parts.min_pixels, max_pixels=parts.max_pixels)
+        processor = build_processor(texts, tiny)
+        model = build_model(processor, tiny)
+        model_args.model_name_or_path = "qwen_instruct_det tiny Qwen2-VL (random init)"
+    trainer, qid_config = make_trainer(data, parts, model_args, sft_config, model=model, processor=processor)
+    trainer.train(resume_from_checkpoint=sft_config.resume_from_checkpoint)
+    out = save_trained(trainer, trainer.processing_class, qid_config)
+    logger.info("saved to %s (%d over-long samples dropped)", out, trainer.qid_stats["dropped_long_samples"])
+    return out
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main(sys.argv[1:])

@@ -1,0 +1,263 @@
+"""Training, inference, merge and publishing on the tiny model: the whole path, offline.
+
+A session fixture trains the tiny Qwen2-VL from scratch on 8 images until it has memorised
+them; the tests then check that masks, coordinates, parsing and the metric agree (F1 = 1.0
+on those images), that batched and one-by-one generation give the same text, and the rest
+of the model path (LoRA, resume, merge, cards) around it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from qwen_instruct_det import hub, inference, modeling, tiny_model, training
+from qwen_instruct_det.matching import detection_scores
+from qwen_instruct_det.synthetic import SynthOptions, make_synthetic_coco
+
+pytest.importorskip("trl")
+
+
+def _sft(out, **kw):
+    from trl import SFTConfig
+
+    base = dict(output_dir=str(out), per_device_train_batch_size=8, learning_rate=3e-3, lr_scheduler_type="constant",
+                logging_steps=50, save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False,
+                gradient_checkpointing=False, seed=0, data_seed=0, dataloader_num_workers=0, max_length=1024,
+                disable_tqdm=True, weight_decay=0.0)
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def eight(tmp_path_factory):
+    """8 synthetic images (1-2 shapes, 2 classes) and their detection rows."""
+    root = tmp_path_factory.mktemp("eight")
+    opts = SynthOptions(min_size=84, max_size=84, min_objects=1, max_objects=2, empty_fraction=0, crowd_fraction=0,
+                        categories=2, min_object_fraction=0.3, max_object_fraction=0.5, textured_fraction=0)
+    make_synthetic_coco(root / "data", train=8, val=4, seed=11, options=opts)
+    data = training.DataArguments(data_dir=str(root / "data"), mix="detection=1.0")
+    rows = training.build_mixture(data, "train", cache_dir=str(root / "cache"))
+    return root, data, rows
+
+
+@pytest.fixture(scope="session")
+def memorised(eight):
+    """The tiny model trained from scratch on the 8 images until it repeats them."""
+    from trl import ModelConfig
+
+    root, data, rows = eight
+    texts = [r["completion"][0]["content"][0]["text"] for r in rows]
+    cfg = tiny_model.TinyModelConfig(hidden_size=64, intermediate_size=192, num_hidden_layers=2, vision_depth=1, vision_embed_dim=64,
+                                     min_pixels=84 * 84 // 2, max_pixels=84 * 84)
+    processor = tiny_model.build_processor(texts, cfg)
+    model = tiny_model.build_model(processor, cfg)
+    parts = training.PartsArguments(freeze_vision=False, freeze_merger=False, tiny=True, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    trainer, qc = training.make_trainer(data, parts, ModelConfig(model_name_or_path="tiny", use_peft=False), _sft(root / "mem", max_steps=300),
+                                        model=model, processor=processor, cache_dir=str(root / "cache"))
+    trainer.train()
+    out = training.save_trained(trainer, processor, qc)
+    model.eval()
+    return model, processor, qc, out, trainer
+
+
+def _detection_rows(eight, split="train"):
+    root, data, _ = eight
+    from qwen_instruct_det.builder import QwenInstructDet
+
+    b = QwenInstructDet(config_name="detection", data_dir=data.data_dir, cache_dir=str(root / "cache"))
+    b.download_and_prepare()
+    return b.as_dataset(split=split)
+
+
+def test_label_mask_covers_only_the_answer(eight, memorised):
+    _, processor, *_ , trainer = memorised
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    tok = processor.tokenizer
+    for ids, labels, row_index in zip(batch["input_ids"], batch["labels"], range(4)):
+        row = trainer.train_dataset[row_index]
+        learned = tok.decode(ids[labels != -100], skip_special_tokens=False)
+        answer = row["completion"][0]["content"][0]["text"]
+        assert learned.startswith(answer)
+        assert learned[len(answer):].strip() == "<|im_end|>"
+        image_pad = tok.convert_tokens_to_ids("<|image_pad|>")
+        assert not torch.any(labels == image_pad)
+
+
+def test_memorised_images_score_f1_one(eight, memorised):
+    model, processor, qc, *_ = memorised
+    rows = _detection_rows(eight)
+    records = list(inference.predict(model, processor, rows, box_format="qwen2", batch_size=8,
+                                     max_new_tokens=inference.default_max_new_tokens(qc.max_answer_tokens)))
+    scores = detection_scores([r["detections"] for r in records], [r["truth"] for r in records])
+    assert scores["f1"] == 1.0, [r["text"] for r in records]
+    assert all(not r["truncated"] for r in records)
+    confidences = [s for r in records for s in r["detections"]["scores"]]
+    assert all(0.5 < s <= 1.0 for s in confidences)
+
+
+def test_batched_and_one_by_one_generation_agree(eight, memorised):
+    model, processor, qc, *_ = memorised
+    rows = _detection_rows(eight, "validation")
+    images, prompts = [r["images"] for r in rows], [r["prompt"] for r in rows]
+    batched = inference.generate(model, processor, images, prompts, max_new_tokens=40)
+    single = [inference.generate(model, processor, [im], [p], max_new_tokens=40)[0] for im, p in zip(images, prompts)]
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert np.allclose(np.concatenate([g.token_probs for g in batched]), np.concatenate([g.token_probs for g in single]), atol=1e-4)
+
+
+def test_truncated_answers_are_flagged(eight, memorised):
+    model, processor, *_ = memorised
+    rows = _detection_rows(eight)
+    record = next(inference.predict(model, processor, rows.select([0]), max_new_tokens=5))
+    assert record["truncated"] is True
+    assert inference.default_max_new_tokens(100) == 141
+
+
+def test_predict_file_resumes(eight, memorised, tmp_path):
+    model, processor, *_ = memorised
+    rows = _detection_rows(eight)
+    path = tmp_path / "p.jsonl"
+    first = inference.predict_to_file(model, processor, rows.select(range(3)), path, progress=False)
+    with open(path, "a") as f:
+        f.write('{"image_id": 99, "cut')  # a run killed mid-line
+    second = inference.predict_to_file(model, processor, rows, path, progress=False)
+    assert (first["written"], second["skipped_done"], second["written"]) == (3, 3, 5)
+    ids = [json.loads(line)["image_id"] for line in path.read_text().splitlines()]
+    assert sorted(ids) == sorted(rows["image_id"])
+
+
+def test_qid_config_travels_with_the_model(memorised):
+    *_, out, _ = memorised
+    model, processor, qc = modeling.load_for_inference(str(out))
+    assert qc.box_format == "qwen2" and qc.max_pixels == 84 * 84 and qc.max_answer_tokens > 10
+    assert processor.image_processor.size["longest_edge"] == 84 * 84
+    recipe = json.loads((out / "training_args.json").read_text())
+    assert recipe["max_steps"] == 300 and recipe["dropped_long_samples"] == 0
+
+
+def test_over_long_samples_are_dropped_and_counted(eight, memorised):
+    _, processor, *_ = memorised
+    _, _, rows = eight
+    total, answer = training.token_lengths(rows, processor)
+    limit = int(np.median(total))
+    kept, dropped, longest = training.drop_long(rows, processor, limit)
+    assert dropped == sum(n > limit for n in total) > 0
+    assert len(kept) == len(rows) - dropped
+    # the counted length is the real one: the collator makes exactly that many tokens
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    collator = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
+    batch = collator([dict(rows[0])])
+    assert int(batch["attention_mask"].sum()) == total[0]
+
+
+def test_parse_mix():
+    assert training.parse_mix("detection=3,count=1") == {"detection": 0.75, "count": 0.25}
+    assert training.parse_mix("detection,count") == {"detection": 0.5, "count": 0.5}
+    with pytest.raises(ValueError, match="choose from"):
+        training.parse_mix("boxes=1")
+
+
+def test_mixture_follows_the_ratios(eight):
+    root, data, _ = eight
+    mixed = training.build_mixture(training.DataArguments(data_dir=data.data_dir, mix="detection=1,partial_region=1"), "train",
+                                   cache_dir=str(root / "cache"))
+    tasks = mixed["task"]
+    assert set(tasks) == {"detection", "partial_region"}
+
+
+@pytest.fixture(scope="session")
+def tiny_base(memorised, tmp_path_factory):
+    """The memorised tiny model saved as a plain base checkpoint (what a Hub model would be)."""
+    model, processor, *_ = memorised
+    path = tmp_path_factory.mktemp("base")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def _lora_trainer(eight, base, out, **sft):
+    from trl import ModelConfig
+
+    _, data, _ = eight
+    model_args = ModelConfig(model_name_or_path=str(base), use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    parts = training.PartsArguments(freeze_vision=True, freeze_merger=False, freeze_llm=False, min_pixels=84 * 84 // 2, max_pixels=84 * 84)
+    return training.make_trainer(data, parts, model_args, _sft(out, learning_rate=1e-2, **sft), cache_dir=str(eight[0] / "cache"))
+
+
+def test_lora_targets_only_unfrozen_parts(eight, tiny_base, tmp_path):
+    trainer, _ = _lora_trainer(eight, tiny_base, tmp_path, max_steps=1)
+    summary = modeling.trainable_summary(trainer.model)
+    assert summary["vision"]["trainable"] == 0
+    assert summary["merger"]["trainable"] > 0 and summary["language_model"]["trainable"] > 0
+    names = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+
+
+def test_resume_gives_the_same_adapter(eight, tiny_base, tmp_path):
+    from safetensors.torch import load_file
+
+    full, qc = _lora_trainer(eight, tiny_base, tmp_path / "full", max_steps=6)
+    full.train()
+    full.save_model(str(tmp_path / "full"))
+    part, _ = _lora_trainer(eight, tiny_base, tmp_path / "part", max_steps=6, save_strategy="steps", save_steps=3)
+    part.train()  # writes checkpoint-3 on the way
+    resumed, _ = _lora_trainer(eight, tiny_base, tmp_path / "part", max_steps=6)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "part" / "checkpoint-3"))
+    resumed.save_model(str(tmp_path / "resumed"))
+    a = load_file(str(tmp_path / "full" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_merge_equals_adapter_and_cards(eight, tiny_base, tmp_path):
+    from peft import PeftModel
+
+    trainer, qc = _lora_trainer(eight, tiny_base, tmp_path / "adapter", max_steps=3)
+    trainer.train()
+    adapter_dir = training.save_trained(trainer, trainer.processing_class, qc)
+    loaded = PeftModel.from_pretrained(modeling.load_model(str(tiny_base)), str(adapter_dir))
+    merged_dir = hub.merge(adapter_dir, tmp_path / "merged")
+    merged = modeling.load_model(str(merged_dir))
+    processor = modeling.load_processor(str(merged_dir))
+    rows = _detection_rows(eight, "validation")
+    enc = processor(images=[rows[0]["images"]], text=[processor.apply_chat_template(rows[0]["prompt"], add_generation_prompt=True)],
+                    return_tensors="pt")
+    with torch.no_grad():
+        a = loaded.eval()(**enc).logits
+        b = merged.eval()(**enc).logits
+    assert torch.allclose(a, b, atol=1e-4)
+    card = hub.model_card(adapter_dir, "adapter", recipe={"lora_r": 4}, report={"images": 4, "det_iou50": detection_scores([], []),
+                                                                                 "coco_map": {"AP": 0.1, "AP50": 0.2, "AP75": 0.0}})
+    text = card.read_text()
+    assert f"base_model: {tiny_base}" in text and "library_name: peft" in text and "| **all** |" in text
+    assert "max_pixels 7056" in text
+
+
+def test_dataset_folder_loads_without_the_library(shapes_dir, tmp_path):
+    folder = hub.dataset_folder(tmp_path / "repo", configs=["count", "none_region"], data_dir=str(shapes_dir), cache_dir=str(tmp_path / "c"))
+    card = (folder / "README.md").read_text()
+    assert "config_name: count" in card and "path: count/train-*.parquet" in card
+    ds = datasets.load_dataset(str(folder), "count", cache_dir=str(tmp_path / "c2"))
+    assert set(ds) == {"train", "validation"}
+    raw = ds["train"].cast_column("images", datasets.List(datasets.Image(decode=False)))
+    assert raw[0]["images"][0]["bytes"] and raw[0]["images"][0]["bytes"][:2] == b"\xff\xd8"  # JPEG bytes embedded
+    assert ds["train"][0]["images"][0].size == (ds["train"][0]["width"], ds["train"][0]["height"])
+
+
+def test_push_dry_run_builds_the_folder_and_never_uploads(memorised, monkeypatch, capsys):
+    from qwen_instruct_det import cli
+
+    *_, out, _ = memorised
+    monkeypatch.setattr(hub, "upload", lambda *a, **k: pytest.fail("dry run must not upload"))
+    assert cli.main(["push", "model", str(out), "--dry_run"]) == 0
+    assert "nothing uploaded" in capsys.readouterr().out
+    assert "library_name: transformers" in (out / "README.md").read_text()
+    assert cli.main(["push", "model", str(out)]) == 2  # no repo id, no dry run: a clear error
