@@ -14,6 +14,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from . import data_cli, model_cli

@@ -33,6 +33,7 @@ class DemoArguments:
     min_object: float = field(default=0.3, metadata={"help": "Smallest object side as a fraction of the image side."})
     max_object: float = field(default=0.55, metadata={"help": "Largest object side as a fraction of the image side."})
     colour_by_class: bool = field(default=True, metadata={"help": "One colour per shape class in the synthetic data."})
+    gradient_fraction: float = field(default=0.0, metadata={"help": "Share of backgrounds with a faint colour ramp (a position cue)."})
     hidden_size: int = field(default=128, metadata={"help": "Width of the tiny language model."})
     layers: int = field(default=4, metadata={"help": "Layers of the tiny language model."})
     vision_depth: int = field(default=2, metadata={"help": "Blocks of the tiny vision tower."})
@@ -42,7 +43,6 @@ class DemoArguments:
 
 def run_demo(args: DemoArguments, progress=print) -> dict:
     """Run the demo; return the report (also written to ``args.out``)."""
-    import datasets
     import torch
     from transformers.trainer_utils import set_seed
     from trl import ModelConfig, SFTConfig
@@ -60,14 +60,14 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
     options = synthetic.SynthOptions(min_size=args.image_size, max_size=args.image_size, min_objects=1, max_objects=args.max_objects,
                                      empty_fraction=0.0, crowd_fraction=0.0, textured_fraction=0.3, categories=args.categories,
                                      min_object_fraction=args.min_object, max_object_fraction=args.max_object,
-                                     colour_by_class=args.colour_by_class)
+                                     colour_by_class=args.colour_by_class, gradient_fraction=args.gradient_fraction)
     data_dir = out / "data"
     if not (data_dir / "annotations" / "instances_val2017.json").is_file():
         synthetic.make_synthetic_coco(data_dir, train=args.train_images, val=args.val_images, seed=args.seed, options=options)
     timings["data"] = time.perf_counter() - start
 
     progress(f"[2/6] instruction data: {args.mix}")
-    data_args = training.DataArguments(data_dir=str(data_dir), mix=args.mix, display_name="Shapes", data_seed=args.seed)
+    data_args = training.DataArguments(data_dir=str(data_dir), mix=args.mix, display_name="Shapes", mix_seed=args.seed)
     cache = str(out / "hf_cache")
     train_rows = training.build_mixture(data_args, "train", cache_dir=cache)
     texts = [row["completion"][0]["content"][0]["text"] for row in train_rows.select_columns(["completion"])]
@@ -137,6 +137,6 @@ def _detection_split(data_args, split: str, cache: str):
     from .builder import QwenInstructDet
 
     builder = QwenInstructDet(config_name="detection", data_dir=data_args.data_dir, display_name=data_args.display_name,
-                              seed=data_args.data_seed, cache_dir=cache)
+                              seed=data_args.mix_seed, cache_dir=cache)
     builder.download_and_prepare()
     return builder.as_dataset(split=split)

@@ -50,7 +50,7 @@ class QidModelConfig:
         (Path(folder) / QID_CONFIG).write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "QidModelConfig | None":
+    def load(cls, folder: str | os.PathLike) -> QidModelConfig | None:
         path = Path(folder) / QID_CONFIG
         if not path.is_file():
             return None

@@ -236,6 +236,53 @@ def _first_valid(n: int, candidates: int, propose, check, block: int = 8):
     return found, chosen, value
 
 
+class _ObjectRegionSampler:
+    """Candidate regions and the full/partial rules for the target objects of one chunk of images."""
+
+    def __init__(self, task, rng, padded, valid, b, j, widths, heights, candidates):
+        self.task, self.rng = task, rng
+        T = len(b)
+        self.box = padded[b, j]
+        self.W = widths.astype(np.float64)[:, None]
+        self.H = heights.astype(np.float64)[:, None]
+        self.bw, self.bh = self.box[:, 2] - self.box[:, 0], self.box[:, 3] - self.box[:, 1]
+        self.others = padded[b]
+        self.others_valid = valid[b].copy()
+        self.others_valid[np.arange(T), j] = False
+        self.scale = np.linspace(0.5, 0.0, candidates)  # full: margins shrink along the candidates, to the object's own box
+
+    def propose(self, rows, k0, k):
+        bx, w, h, rng = self.box[rows, None, :], self.bw[rows, None], self.bh[rows, None], self.rng
+        t = len(rows)
+        if self.task == "full_region":
+            m = rng.random((t, k, 4)) * self.scale[None, k0 : k0 + k, None] * np.stack([w, h, w, h], axis=-1)
+            cand = bx + m * np.array([-1.0, -1.0, 1.0, 1.0])
+        else:
+            sw, sh = w * rng.uniform(0.5, 1.5, (t, k)), h * rng.uniform(0.5, 1.5, (t, k))
+            cx = (bx[..., 0] + bx[..., 2]) / 2 + w * rng.uniform(-0.8, 0.8, (t, k))
+            cy = (bx[..., 1] + bx[..., 3]) / 2 + h * rng.uniform(-0.8, 0.8, (t, k))
+            cand = np.stack([cx - sw / 2, cy - sh / 2, cx + sw / 2, cy + sh / 2], axis=-1)
+        return _snap_outward(B.clip(cand, self.W[rows], self.H[rows]), self.W[rows], self.H[rows])
+
+    def check(self, rows, block):
+        own = B.visible_fraction(self.box[rows, None], block)[:, 0]  # (t, k)
+        frac = B.visible_fraction(self.others[rows], block)  # (t, width, k)
+        frac[~self.others_valid[rows]] = 0.0
+        ok = (frac.max(axis=1) <= OTHER_MAX) & (block[..., 2] > block[..., 0]) & (block[..., 3] > block[..., 1])
+        if self.task == "full_region":
+            return ok & (own >= 1.0 - 1e-9), own
+        return ok & (own >= PARTIAL_MIN) & (own <= PARTIAL_MAX), own
+
+    def possible(self) -> np.ndarray:
+        """Targets worth searching. A region holding an object holds its own (snapped) box, so if that
+        already shows too much of another object no full region exists."""
+        every = np.arange(len(self.box))
+        if self.task != "full_region":
+            return every
+        ok, _ = self.check(every, _snap_outward(self.box[:, None, :], self.W, self.H))
+        return np.flatnonzero(ok[:, 0])
+
+
 def _object_regions(objs: Objects, opts: TaskOptions, task: str):
     """Sample a full or partial region for each target object; NaN where none satisfies the rule."""
     idx = objs.index
@@ -253,48 +300,11 @@ def _object_regions(objs: Objects, opts: TaskOptions, task: str):
         b, j = np.nonzero(valid)
         target = np.repeat((objs.start[images][b] + j) * R, R) + np.tile(np.arange(R), len(b))
         b, j = np.repeat(b, R), np.repeat(j, R)
-        T = len(b)
-        box = padded[b, j]
-        W = idx.widths[images][b].astype(np.float64)[:, None]
-        H = idx.heights[images][b].astype(np.float64)[:, None]
-        bw, bh = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
-        scale = np.linspace(0.5, 0.0, K)  # full: margins shrink along the candidates, to the object's own box
-
-        def propose(rows, k0, k, _box=box, _bw=bw, _bh=bh, _W=W, _H=H, _rng=rng):
-            bx, w, h = _box[rows, None, :], _bw[rows, None], _bh[rows, None]
-            t = len(rows)
-            if task == "full_region":
-                m = _rng.random((t, k, 4)) * scale[None, k0 : k0 + k, None] * np.stack([w, h, w, h], axis=-1)
-                cand = bx + m * np.array([-1.0, -1.0, 1.0, 1.0])
-            else:
-                sw, sh = w * _rng.uniform(0.5, 1.5, (t, k)), h * _rng.uniform(0.5, 1.5, (t, k))
-                cx = (bx[..., 0] + bx[..., 2]) / 2 + w * _rng.uniform(-0.8, 0.8, (t, k))
-                cy = (bx[..., 1] + bx[..., 3]) / 2 + h * _rng.uniform(-0.8, 0.8, (t, k))
-                cand = np.stack([cx - sw / 2, cy - sh / 2, cx + sw / 2, cy + sh / 2], axis=-1)
-            return _snap_outward(B.clip(cand, _W[rows], _H[rows]), _W[rows], _H[rows])
-
-        others = padded[b]
-        others_valid = valid[b].copy()
-        others_valid[np.arange(T), j] = False
-
-        def check(rows, block, _box=box, _others=others, _valid=others_valid):
-            own = B.visible_fraction(_box[rows, None], block)[:, 0]  # (t, k)
-            frac = B.visible_fraction(_others[rows], block)  # (t, width, k)
-            frac[~_valid[rows]] = 0.0
-            ok = (frac.max(axis=1) <= OTHER_MAX) & (block[..., 2] > block[..., 0]) & (block[..., 3] > block[..., 1])
-            if task == "full_region":
-                return ok & (own >= 1.0 - 1e-9), own
-            return ok & (own >= PARTIAL_MIN) & (own <= PARTIAL_MAX), own
-
-        if task == "full_region":
-            # any region holding the object holds its own (snapped) box: if that shows too much of
-            # another object, no candidate can pass, so only the others are searched
-            possible, _ = check(np.arange(T), _snap_outward(box[:, None, :], W, H))
-            live = np.flatnonzero(possible[:, 0])
-        else:
-            live = np.arange(T)
+        sampler = _ObjectRegionSampler(task, rng, padded, valid, b, j, idx.widths[images][b], idx.heights[images][b], K)
+        live = sampler.possible()
         found, chosen, own = _first_valid(
-            len(live), K, lambda rows, k0, k: propose(live[rows], k0, k), lambda rows, block: check(live[rows], block)
+            len(live), K, lambda rows, k0, k, s=sampler, lv=live: s.propose(lv[rows], k0, k),
+            lambda rows, block, s=sampler, lv=live: s.check(lv[rows], block),
         )
         region[target[live[found]]] = chosen[found]
         fraction[target[live[found]]] = own[found]

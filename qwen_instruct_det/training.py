@@ -37,7 +37,7 @@ class DataArguments:
     box_format: str = field(default="qwen2", metadata={"help": "Box format of the targets: qwen2, qwen2_5 or qwen3 (match the model family)."})
     display_name: str = field(default="COCO", metadata={"help": "Data set name in none_region answers."})
     regions_per_object: int = field(default=1, metadata={"help": "Region rows per object."})
-    data_seed: int = field(default=0, metadata={"help": "Seed of the builder and of the mixing."})
+    mix_seed: int = field(default=0, metadata={"help": "Seed of the builder (regions, subsets) and of the mixing."})
 
 
 @dataclass
@@ -87,13 +87,13 @@ def build_mixture(data: DataArguments, split: str, cache_dir: str | None = None)
     parts = []
     for name in ratios:
         builder = QwenInstructDet(config_name=name, data_dir=data.data_dir, subset=data.subset, box_format=data.box_format,
-                                  display_name=data.display_name, regions_per_object=data.regions_per_object, seed=data.data_seed,
+                                  display_name=data.display_name, regions_per_object=data.regions_per_object, seed=data.mix_seed,
                                   cache_dir=cache_dir)
         builder.download_and_prepare()
         parts.append(builder.as_dataset(split=split).select_columns(["images", "prompt", "completion", "task", "width", "height"]))
     if len(parts) == 1:
-        return parts[0].shuffle(seed=data.data_seed)
-    return datasets.interleave_datasets(parts, probabilities=list(ratios.values()), seed=data.data_seed, stopping_strategy="all_exhausted")
+        return parts[0].shuffle(seed=data.mix_seed)
+    return datasets.interleave_datasets(parts, probabilities=list(ratios.values()), seed=data.mix_seed, stopping_strategy="all_exhausted")
 
 
 def token_lengths(dataset, processor) -> tuple[list[int], list[int]]:
@@ -175,11 +175,14 @@ def save_trained(trainer, processor, qid_config: QidModelConfig, output_dir: str
     import json
 
     out = Path(output_dir or trainer.args.output_dir)
-    trainer.save_model(str(out))
+    trainer.save_model(str(out))  # every process calls this (distributed saving needs them all)
+    if not trainer.is_world_process_zero():
+        return out
     processor.save_pretrained(str(out))
     qid_config.save(out)
     recipe = {k: v for k, v in trainer.args.to_dict().items() if isinstance(v, (str, int, float, bool, type(None)))}
     recipe.update(getattr(trainer, "qid_stats", {}))
+    recipe["world_size"] = trainer.args.world_size
     (out / "training_args.json").write_text(json.dumps(recipe, indent=2, default=str))
     return out
 

@@ -125,7 +125,7 @@ def _answer_object(row, text):
 
 def test_full_region_contains_its_object_and_little_else(built):
     n = 0
-    for row, objects, region, frac in _region_rows(built, "full_region"):
+    for row, _objects, _region, frac in _region_rows(built, "full_region"):
         text = _text(row["completion"])
         assert "fully contains" in text
         name = _answer_object(row, text)
@@ -141,7 +141,7 @@ def test_full_region_contains_its_object_and_little_else(built):
 
 def test_partial_region_states_the_true_fraction(built):
     n = 0
-    for row, objects, region, frac in _region_rows(built, "partial_region"):
+    for row, _objects, _region, frac in _region_rows(built, "partial_region"):
         text = _text(row["completion"])
         percent = int(text.split("about ", 1)[1].split("%", 1)[0])
         owner = int(np.argmin(np.abs(frac - row["visible_fraction"])))

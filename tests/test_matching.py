@@ -86,7 +86,7 @@ def _naive_greedy(preds, refs, thr):
     for p, r in zip(preds, refs):
         used = set()
         pb, rb = np.array(p["boxes"], float).reshape(-1, 4), np.array(r["boxes"], float).reshape(-1, 4)
-        for ti, (tbox, tlab) in enumerate(zip(rb, r["labels"])):
+        for tbox, tlab in zip(rb, r["labels"]):
             best, best_iou = None, -1.0
             for pi, (pbox, plab) in enumerate(zip(pb, p["labels"])):
                 if pi in used or plab != tlab:

@@ -261,3 +261,41 @@ def test_push_dry_run_builds_the_folder_and_never_uploads(memorised, monkeypatch
     assert "nothing uploaded" in capsys.readouterr().out
     assert "library_name: transformers" in (out / "README.md").read_text()
     assert cli.main(["push", "model", str(out)]) == 2  # no repo id, no dry run: a clear error
+
+
+def test_two_process_cpu_training_with_torchrun(eight, tmp_path):
+    """The same entry point, distributed over two CPU processes (DDP on gloo) by torchrun.
+
+    (accelerate launch's multi-CPU mode needs MPI for several processes on one machine; on GPUs
+    `accelerate launch --config_file configs/accelerate/ddp.yaml` starts this same module through torchrun.)"""
+    import os
+    import subprocess
+    import sys
+
+    _, data, _ = eight
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "qwen_instruct_det.training", "--data_dir", data.data_dir, "--tiny", "true", "--use_peft", "false",
+           "--min_pixels", "3528", "--max_pixels", "7056", "--max_steps", "2", "--per_device_train_batch_size", "2",
+           "--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false",
+           "--report_to", "none", "--save_strategy", "no", "--dataloader_num_workers", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    recipe = json.loads((tmp_path / "out" / "training_args.json").read_text())
+    assert recipe["world_size"] == 2 and recipe["max_steps"] == 2
+    assert (tmp_path / "out" / "qid_config.json").is_file()
+
+
+def test_seed_recipe_parses_and_flags_override():
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "seed_recipe.yaml"
+    data, parts, model_args, sft = training.make_parser().parse_args_and_config(
+        args=["--config", str(recipe), "--learning_rate", "1e-4", "--use_cpu", "true"])  # bf16 checks want a GPU otherwise
+    assert (model_args.lora_r, model_args.lora_alpha, model_args.use_peft) == (32, 64, True)
+    assert (sft.num_train_epochs, sft.per_device_train_batch_size, sft.gradient_accumulation_steps) == (10, 1, 4)
+    assert sft.lr_scheduler_type == "cosine" and sft.warmup_steps == 0.05 and sft.max_length == 2048 and sft.bf16
+    assert sft.learning_rate == 1e-4  # the flag wins over the file
+    assert parts.trainable_parts() == ["language_model"]
+    assert training.parse_mix(data.mix)["detection"] == 0.5
+    assert modeling.lora_target_regex(parts.trainable_parts()).count("language_model") == 1

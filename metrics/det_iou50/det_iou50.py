@@ -7,8 +7,8 @@ library's own evaluation alike.
 
 import datasets
 import evaluate
-from qwen_instruct_det.matching import MATCHINGS
-from qwen_instruct_det.matching import detection_scores
+
+from qwen_instruct_det.matching import MATCHINGS, detection_scores
 
 _CITATION = """\
 @software{qwen_instruct_det,
