@@ -33,10 +33,10 @@ class DemoArguments:
     min_object: float = field(default=0.3, metadata={"help": "Smallest object side as a fraction of the image side."})
     max_object: float = field(default=0.55, metadata={"help": "Largest object side as a fraction of the image side."})
     colour_by_class: bool = field(default=True, metadata={"help": "One colour per shape class in the synthetic data."})
-    gradient_fraction: float = field(default=0.0, metadata={"help": "Share of backgrounds with a faint colour ramp (a position cue)."})
     hidden_size: int = field(default=128, metadata={"help": "Width of the tiny language model."})
     layers: int = field(default=4, metadata={"help": "Layers of the tiny language model."})
     vision_depth: int = field(default=2, metadata={"help": "Blocks of the tiny vision tower."})
+    rope_theta: float = field(default=10.0, metadata={"help": "RoPE base of the tiny model (see TinyModelConfig.rope_theta)."})
     seed: int = field(default=0, metadata={"help": "Seed of everything."})
     threads: int | None = field(default=None, metadata={"help": "torch threads (default: all cores)."})
 
@@ -60,7 +60,7 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
     options = synthetic.SynthOptions(min_size=args.image_size, max_size=args.image_size, min_objects=1, max_objects=args.max_objects,
                                      empty_fraction=0.0, crowd_fraction=0.0, textured_fraction=0.3, categories=args.categories,
                                      min_object_fraction=args.min_object, max_object_fraction=args.max_object,
-                                     colour_by_class=args.colour_by_class, gradient_fraction=args.gradient_fraction)
+                                     colour_by_class=args.colour_by_class)
     data_dir = out / "data"
     if not (data_dir / "annotations" / "instances_val2017.json").is_file():
         synthetic.make_synthetic_coco(data_dir, train=args.train_images, val=args.val_images, seed=args.seed, options=options)
@@ -76,7 +76,7 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
     progress("[3/6] tiny Qwen2-VL and processor (tokenizer trained on the answers)")
     tiny = tiny_model.TinyModelConfig(hidden_size=args.hidden_size, intermediate_size=3 * args.hidden_size, num_hidden_layers=args.layers,
                                       vision_depth=args.vision_depth, min_pixels=args.image_size ** 2 // 2,
-                                      max_pixels=args.image_size ** 2, seed=args.seed)
+                                      max_pixels=args.image_size ** 2, rope_theta=args.rope_theta, seed=args.seed)
     processor = tiny_model.build_processor(texts, tiny)
     model = tiny_model.build_model(processor, tiny)
     n_params = sum(p.numel() for p in model.parameters())

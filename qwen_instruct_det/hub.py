@@ -75,7 +75,7 @@ def dataset_card(summary: dict[str, dict], pretty_name: str, options: dict) -> s
     body = [
         f"# {pretty_name}", "",
         "Instruction-tuning data for Qwen-VL detection, built from a COCO-format data set with "
-        "[qwen_instruct_det](https://github.com/). Load a configuration without any library:", "",
+        "qwen_instruct_det. Load a configuration without any library:", "",
         "```python", "from datasets import load_dataset", f'ds = load_dataset("USER/REPO", "{next(iter(summary))}")', "```", "",
         "Rows are TRL prompt-completion conversations with one image (`images`, `prompt`, `completion`) plus the truth "
         "(`objects` as pixel `[x1, y1, x2, y2]` with category names, `width`, `height`, `image_id`) and, for region "

@@ -46,7 +46,6 @@ class SynthOptions:
     max_iou: float = 0.2  # overlapping objects are allowed, hidden ones are not
     categories: int = len(CATEGORIES)
     colour_by_class: bool = False  # one colour per class (easier), instead of any colour for any shape
-    gradient_fraction: float = 0.0  # backgrounds with a faint left-right / top-bottom ramp (a position cue)
 
 
 def make_annotations(n_images: int, seed: int = 0, options: SynthOptions | None = None, first_id: int = 1) -> dict:
@@ -68,8 +67,7 @@ def make_annotations(n_images: int, seed: int = 0, options: SynthOptions | None 
         image_id = first_id + i
         w, h = int(sizes[i, 0]), int(sizes[i, 1])
         images.append({"id": image_id, "file_name": f"{image_id:012d}.jpg", "width": w, "height": h,
-                       "_textured": bool(rng.random() < opt.textured_fraction), "_background": int(rng.integers(len(COLOURS))),
-                       "_gradient": bool(rng.random() < opt.gradient_fraction)})
+                       "_textured": bool(rng.random() < opt.textured_fraction), "_background": int(rng.integers(len(COLOURS)))})
         placed: list[np.ndarray] = []
         short = min(w, h)
         for _ in range(int(n_objects[i])):
@@ -145,9 +143,6 @@ def draw_image(image: dict, anns: list[dict], seed: int):
     rng = np.random.default_rng(seed)
     bg = np.array(COLOURS[image.get("_background", 0)], dtype=np.float64) * 0.25 + 150
     pixels = np.broadcast_to(bg, (h, w, 3)).copy()
-    if image.get("_gradient"):
-        yy, xx = np.mgrid[0:h, 0:w]
-        pixels += np.stack([60 * xx / w - 30, 60 * yy / h - 30, np.zeros((h, w))], axis=-1)
     if image.get("_textured"):
         yy, xx = np.mgrid[0:h, 0:w]
         period = rng.uniform(6, 18)

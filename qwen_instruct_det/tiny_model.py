@@ -73,6 +73,9 @@ class TinyModelConfig:
     vision_depth: int = field(default=2, metadata={"help": "Vision transformer blocks."})
     vision_embed_dim: int = field(default=96, metadata={"help": "Vision transformer width."})
     vision_heads: int = field(default=4, metadata={"help": "Vision attention heads."})
+    rope_theta: float = field(default=10.0, metadata={"help": "RoPE base. Qwen2-VL's 1e6 leaves mrope's width section (the lowest "
+                                                              "frequencies) all but constant across a few image tokens; a small base lets a model trained "
+                                                              "from scratch tell image columns apart."})
     vocab_size: int = field(default=400, metadata={"help": "BPE vocabulary before the special tokens."})
     min_pixels: int = field(default=56 * 56, metadata={"help": "Processor min_pixels."})
     max_pixels: int = field(default=112 * 112, metadata={"help": "Processor max_pixels (small images keep the demo fast)."})
@@ -152,7 +155,7 @@ def build_model(processor, config: TinyModelConfig | None = None):
             "num_attention_heads": cfg.num_attention_heads,
             "num_key_value_heads": cfg.num_key_value_heads,
             "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
+            "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta, "mrope_section": mrope},
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
