@@ -73,7 +73,7 @@ class TinyModelConfig:
     vision_depth: int = field(default=2, metadata={"help": "Vision transformer blocks."})
     vision_embed_dim: int = field(default=96, metadata={"help": "Vision transformer width."})
     vision_heads: int = field(default=4, metadata={"help": "Vision attention heads."})
-    rope_theta: float = field(default=10.0, metadata={"help": "RoPE base. Qwen2-VL's 1e6 leaves mrope's width section (the lowest "
+    rope_theta: float = field(default=3.0, metadata={"help": "RoPE base. Qwen2-VL's 1e6 leaves mrope's width section (the lowest "
                                                               "frequencies) all but constant across a few image tokens; a small base lets a model trained "
                                                               "from scratch tell image columns apart."})
     vocab_size: int = field(default=400, metadata={"help": "BPE vocabulary before the special tokens."})
