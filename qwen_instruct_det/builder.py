@@ -80,6 +80,8 @@ class QwenInstructDetConfig(datasets.BuilderConfig):
     min_pixels: int = 56 * 56
     max_pixels: int = 14 * 14 * 4 * 1280
     check_files: bool = True
+    source_fingerprint: str | None = None
+    """Set by the builder from the annotation files' size and time, so edited files are rebuilt, not read from cache."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -101,6 +103,7 @@ class QwenInstructDet(datasets.ArrowBasedBuilder):
 
     def __init__(self, *args, **kwargs):
         kwargs.pop("data_files", None)  # resolved by datasets from data_dir; this builder reads the layout itself
+        kwargs["source_fingerprint"] = _fingerprint(kwargs.get("data_dir"), kwargs.get("annotation_files"))
         super().__init__(*args, **kwargs)
         self.skipped: dict[str, dict[str, int]] = {}
 
@@ -147,6 +150,19 @@ class QwenInstructDet(datasets.ArrowBasedBuilder):
         tables = _ImageColumns(index, objs)
         for batch, start in enumerate(range(0, len(rows), _BATCH_ROWS)):
             yield Key(0, batch), tables.table(rows, start, min(start + _BATCH_ROWS, len(rows)))
+
+
+def _fingerprint(data_dir: str | None, annotation_files: dict | None) -> str:
+    """Size and modification time of every annotation file the config can read (part of the cache key)."""
+    paths = list((annotation_files or {}).values())
+    if data_dir and not annotation_files:
+        paths = [Path(data_dir) / "annotations" / f"instances_{stem}.json" for stem in COCO_SPLITS.values()]
+    parts = []
+    for path in paths:
+        if os.path.isfile(path):
+            st = os.stat(path)
+            parts.append(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}")
+    return ";".join(parts)
 
 
 def prepare_index(annotation_file: str, image_dir: str, cfg: QwenInstructDetConfig) -> coco.CocoIndex:

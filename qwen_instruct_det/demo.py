@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,8 +63,9 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
                                      min_object_fraction=args.min_object, max_object_fraction=args.max_object,
                                      colour_by_class=args.colour_by_class)
     data_dir = out / "data"
-    if not (data_dir / "annotations" / "instances_val2017.json").is_file():
-        synthetic.make_synthetic_coco(data_dir, train=args.train_images, val=args.val_images, seed=args.seed, options=options)
+    if data_dir.exists():
+        shutil.rmtree(data_dir)  # always the data these arguments describe, never a previous run's
+    synthetic.make_synthetic_coco(data_dir, train=args.train_images, val=args.val_images, seed=args.seed, options=options)
     timings["data"] = time.perf_counter() - start
 
     progress(f"[2/6] instruction data: {args.mix}")
@@ -132,8 +134,6 @@ def synthetic_category_names(n: int) -> list[str]:
 
 
 def _detection_split(data_args, split: str, cache: str):
-    import datasets  # noqa: F401
-
     from .builder import QwenInstructDet
 
     builder = QwenInstructDet(config_name="detection", data_dir=data_args.data_dir, display_name=data_args.display_name,

@@ -116,7 +116,7 @@ def model_card(folder: str | os.PathLike, kind: str, recipe: dict | None = None,
     body = [f"# {out.name}", "", f"{what} for detection with Qwen-VL grounding output, trained with TRL's SFTTrainer "
             "on instruction data built by qwen_instruct_det.", "",
             f"- base model: `{base}`",
-            f"- training configurations and ratios: {qc.train_configs or 'not recorded'}",
+            f"- data: `{qc.data or 'not recorded'}` ({qc.display_name}); configurations and ratios: {qc.train_configs or 'not recorded'}",
             f"- box format: `{qc.box_format}`; image budget: min_pixels {qc.min_pixels}, max_pixels {qc.max_pixels} "
             "(use the same at inference: coordinates depend on the resize)",
             f"- longest training answer: {qc.max_answer_tokens} tokens", ""]

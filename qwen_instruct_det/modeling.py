@@ -41,6 +41,7 @@ class QidModelConfig:
     max_pixels: int = 28 * 28 * 1280
     max_answer_tokens: int | None = None
     base_model: str | None = None
+    data: str | None = None  # where the training data came from (a folder or a Hub dataset)
     display_name: str = "COCO"
     categories: list[str] = field(default_factory=list)
     train_configs: dict[str, float] = field(default_factory=dict)

@@ -165,7 +165,7 @@ def make_trainer(data: DataArguments, parts: PartsArguments, model_args, sft_con
     qid_config = QidModelConfig(
         box_format=data.box_format, min_pixels=processor.image_processor.size["shortest_edge"],
         max_pixels=processor.image_processor.size["longest_edge"], max_answer_tokens=longest,
-        base_model=model_args.model_name_or_path, display_name=data.display_name, train_configs=parse_mix(data.mix),
+        base_model=model_args.model_name_or_path, data=data.data_dir, display_name=data.display_name, train_configs=parse_mix(data.mix),
     )
     return trainer, qid_config
 

@@ -235,3 +235,19 @@ def test_json_box_formats_round_trip(shapes_dir, tmp_path, fmt):
 def test_unknown_config_lists_the_valid_ones(shapes_dir):
     with pytest.raises(ValueError, match="detection"):
         QwenInstructDet(config_name="boxes", data_dir=str(shapes_dir))
+
+
+def test_an_edited_annotation_file_is_rebuilt_not_read_from_cache(shapes_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    _, before = _build(data, tmp_path / "cache", "detection")
+    ann = data / "annotations" / "instances_train2017.json"
+    content = json.loads(ann.read_text())
+    content["images"] = content["images"][:10]
+    keep = {im["id"] for im in content["images"]}
+    content["annotations"] = [a for a in content["annotations"] if a["image_id"] in keep]
+    ann.write_text(json.dumps(content))
+    _, after = _build(data, tmp_path / "cache", "detection")
+    assert len(before) == 60 and len(after) == 10

@@ -272,8 +272,13 @@ def test_two_process_cpu_training_with_torchrun(eight, tmp_path):
     import subprocess
     import sys
 
+    import socket
+
     _, data, _ = eight
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    with socket.socket() as sock:  # a free local port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port,
            "-m", "qwen_instruct_det.training", "--data_dir", data.data_dir, "--tiny", "true", "--use_peft", "false",
            "--min_pixels", "3528", "--max_pixels", "7056", "--max_steps", "2", "--per_device_train_batch_size", "2",
            "--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false",
@@ -299,3 +304,22 @@ def test_seed_recipe_parses_and_flags_override():
     assert parts.trainable_parts() == ["language_model"]
     assert training.parse_mix(data.mix)["detection"] == 0.5
     assert modeling.lora_target_regex(parts.trainable_parts()).count("language_model") == 1
+
+
+def test_predict_command_on_a_split_and_on_an_image_folder(eight, memorised, tmp_path, capsys):
+    from qwen_instruct_det import cli
+
+    root, data, _ = eight
+    *_, out, _ = memorised
+    preds = tmp_path / "split.jsonl"
+    assert cli.main(["predict", str(out), "--data_dir", data.data_dir, "--split", "train", "--out", str(preds), "--batch_size", "4"]) == 0
+    records = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(records) == 8 and all("truth" in r and r["image"].endswith(".jpg") for r in records)
+    assert cli.main(["evaluate", str(preds), "--out", str(tmp_path / "report")]) == 0
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["det_iou50"]["f1"] == 1.0
+    folder = tmp_path / "folder.jsonl"
+    assert cli.main(["predict", str(out), "--images", str(root / "data" / "val2017"), "--out", str(folder)]) == 0
+    records = [json.loads(line) for line in folder.read_text().splitlines()]
+    assert len(records) == 4 and all("truth" not in r and r["detections"]["boxes"] for r in records)
+    assert cli.main(["predict", str(out), "--out", str(folder)]) == 2  # neither a split nor a folder
+    assert "exactly one of" in capsys.readouterr().err
