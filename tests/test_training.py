@@ -269,10 +269,9 @@ def test_two_process_cpu_training_with_torchrun(eight, tmp_path):
     (accelerate launch's multi-CPU mode needs MPI for several processes on one machine; on GPUs
     `accelerate launch --config_file configs/accelerate/ddp.yaml` starts this same module through torchrun.)"""
     import os
+    import socket
     import subprocess
     import sys
-
-    import socket
 
     _, data, _ = eight
     with socket.socket() as sock:  # a free local port for the rendezvous
