@@ -100,11 +100,12 @@ def _run_synth(args: data_cli.SynthArguments) -> None:
 
 def _run_build(args: data_cli.BuildArguments) -> None:
     summary = data_cli.build(args)
-    print(f"{'config':<16}{'split':<12}{'rows':>10}{'seconds':>10}{'rows/s':>12}  skipped")
+    print(f"{'config':<16}{'rows per split':<30}{'seconds':>9}{'rows/s':>10}  skipped")
     for name, info in summary["configs"].items():
-        for split, rows in info["rows"].items():
-            skipped = ", ".join(f"{k}={v}" for k, v in info["skipped"].get(split, {}).items() if v)
-            print(f"{name:<16}{split:<12}{rows:>10}{info['seconds']:>10.2f}{info['rows_per_second']:>12.0f}  {skipped or '-'}")
+        rows = ", ".join(f"{split} {n}" for split, n in info["rows"].items())
+        skipped = "; ".join(f"{split}: " + ", ".join(f"{k}={v}" for k, v in counts.items() if v)
+                            for split, counts in info["skipped"].items() if any(counts.values()))
+        print(f"{name:<16}{rows:<30}{info['seconds']:>9.2f}{info['rows_per_second']:>10.0f}  {skipped or '-'}")
     if args.out:
         print(f"summary: {args.out}/summary.json")
 
