@@ -61,15 +61,24 @@ def generate(model, processor, images: list, prompts: list[list[dict]], max_new_
     end_of_turn = {tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id}
     results = []
     for row, p in zip(new.tolist(), probs):
-        pieces, ended = [], False
+        ids, ended = [], False
         for tid in row:
             if tid in end_of_turn or tid == tok.pad_token_id:
                 ended = tid in end_of_turn
                 break
-            pieces.append(tok.convert_tokens_to_string([tok.convert_ids_to_tokens(tid)]))
-        ends = np.cumsum([len(piece) for piece in pieces]) if pieces else np.zeros(0, dtype=np.int64)
-        results.append(Generation("".join(pieces), p[: len(pieces)], ends, ended))
+            ids.append(tid)
+        text, ends = _text_and_token_ends(tok, ids)
+        results.append(Generation(text, p[: len(ids)], ends, ended))
     return results
+
+
+def _text_and_token_ends(tok, ids: list[int]) -> tuple[str, np.ndarray]:
+    """The decoded answer and the character offset where each token ends in it."""
+    text = tok.decode(ids, skip_special_tokens=False)
+    pieces = [tok.convert_tokens_to_string([t]) for t in tok.convert_ids_to_tokens(ids)]
+    if "".join(pieces) != text:  # a character split over several byte-level tokens: decode prefixes instead
+        return text, np.array([len(tok.decode(ids[: k + 1], skip_special_tokens=False)) for k in range(len(ids))], dtype=np.int64)
+    return text, np.cumsum([len(piece) for piece in pieces]).astype(np.int64) if pieces else np.zeros(0, dtype=np.int64)
 
 
 def box_confidences(gen: Generation, spans: list[tuple[int, int]]) -> list[float]:

@@ -322,3 +322,12 @@ def test_predict_command_on_a_split_and_on_an_image_folder(eight, memorised, tmp
     assert len(records) == 4 and all("truth" not in r and r["detections"]["boxes"] for r in records)
     assert cli.main(["predict", str(out), "--out", str(folder)]) == 2  # neither a split nor a folder
     assert "exactly one of" in capsys.readouterr().err
+
+
+def test_token_offsets_survive_characters_split_over_tokens(memorised):
+    _, processor, *_ = memorised
+    tok = processor.tokenizer
+    ids = tok("feuille d'érable(10,20),(30,40)", add_special_tokens=False)["input_ids"]
+    text, ends = inference._text_and_token_ends(tok, ids)
+    assert text == "feuille d'érable(10,20),(30,40)"
+    assert ends[-1] == len(text) and list(ends) == sorted(ends)
