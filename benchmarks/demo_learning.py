@@ -29,7 +29,8 @@ def one(args: DemoArguments) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="Runs per variant, seeds first-seed, first-seed+1, ...")
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--compare-mix", action="store_true")
     parser.add_argument("--max-steps", type=int, default=None)
     args = parser.parse_args()
@@ -39,7 +40,7 @@ def main() -> None:
     variants = {"demo": base.mix} if not args.compare_mix else {"detection only": "detection=1.0", "detection + count + regions": MIXTURE}
     for name, mix in variants.items():
         runs = []
-        for seed in range(args.repeats):
+        for seed in range(args.first_seed, args.first_seed + args.repeats):
             with tempfile.TemporaryDirectory() as out:
                 r = one(replace(base, out=out, mix=mix, seed=seed))
             runs.append(r)
