@@ -67,12 +67,6 @@ class CocoIndex:
     def image_paths(self) -> list[str]:
         return [os.path.join(self.image_dir, name) for name in self.file_names]
 
-    def crowd_images(self) -> np.ndarray:
-        """Boolean mask of images that have at least one crowd annotation."""
-        mask = np.zeros(self.num_images, dtype=bool)
-        mask[self.ann_image[self.ann_crowd]] = True
-        return mask
-
     def select_images(self, keep: np.ndarray) -> CocoIndex:
         """A new index with only the images where ``keep`` (bool mask or sorted indices) holds."""
         keep_idx = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=np.int64)

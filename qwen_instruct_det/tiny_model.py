@@ -11,10 +11,8 @@ Qwen2-VL-style chat template. Nothing is downloaded. Real checkpoints load throu
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
 
@@ -183,19 +181,3 @@ def build_model(processor, config: TinyModelConfig | None = None):
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.bos_token_id = ids["<|endoftext|>"]
     return model
-
-
-def make_tiny(out_dir: str | os.PathLike, texts: Iterable[str], config: TinyModelConfig | None = None) -> Path:
-    """Build the tiny model and processor and save both to ``out_dir`` (loadable with ``from_pretrained``)."""
-    import json
-
-    cfg = config or TinyModelConfig()
-    processor = build_processor(texts, cfg)
-    model = build_model(processor, cfg)
-    out = Path(out_dir)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    (out / "tiny_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    n = sum(p.numel() for p in model.parameters())
-    logger.info("tiny Qwen2-VL with %.2fM parameters saved to %s", n / 1e6, out)
-    return out
