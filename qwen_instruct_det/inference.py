@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .formats import get_box_format
+from .modeling import resized_size
 
 logger = logging.getLogger(__name__)
 
@@ -91,16 +92,6 @@ def box_confidences(gen: Generation, spans: list[tuple[int, int]]) -> list[float
     return scores
 
 
-def input_size(processor, width: int, height: int) -> tuple[int, int]:
-    """The (width, height) the processor resizes an image to (what qwen2_5 coordinates refer to)."""
-    from .boxes import smart_resize
-
-    ip = processor.image_processor
-    h, w = smart_resize(height, width, factor=ip.patch_size * ip.merge_size, min_pixels=ip.size["shortest_edge"],
-                        max_pixels=ip.size["longest_edge"])
-    return w, h
-
-
 def predict(model, processor, rows: Iterable[dict], box_format: str = "qwen2", batch_size: int = 8, max_new_tokens: int = 512,
             categories: list[str] | None = None) -> Iterator[dict]:
     """Records for rows that carry ``images``, ``prompt``, ``width``, ``height`` (and ``objects``, ``image_id`` when known)."""
@@ -124,7 +115,7 @@ def _predict_batch(model, processor, batch, fmt, max_new_tokens, categories):
     gens = generate(model, processor, images, [row["prompt"] for row in batch], max_new_tokens)
     for row, gen in zip(batch, gens):
         w, h = int(row["width"]), int(row["height"])
-        size = input_size(processor, w, h) if fmt.needs_input_size else None
+        size = resized_size(processor, w, h) if fmt.needs_input_size else None
         parsed = fmt.parse(gen.text, w, h, input_size=size, categories=categories)
         record = {
             "image_id": row.get("image_id"),

@@ -90,6 +90,24 @@ def load_processor(name_or_path: str, min_pixels: int | None = None, max_pixels:
     return processor
 
 
+def resized_size(processor, width: int, height: int) -> tuple[int, int]:
+    """The (width, height) the processor resizes an image to: what qwen2_5 coordinates refer to."""
+    from .boxes import smart_resize
+
+    ip = processor.image_processor
+    h, w = smart_resize(height, width, factor=ip.patch_size * ip.merge_size, min_pixels=ip.size["shortest_edge"],
+                        max_pixels=ip.size["longest_edge"])
+    return w, h
+
+
+def image_tokens(processor, width: int, height: int) -> int:
+    """How many ``<|image_pad|>`` tokens the processor expands one image of this size to."""
+    ip = processor.image_processor
+    w, h = resized_size(processor, width, height)
+    factor = ip.patch_size * ip.merge_size
+    return (h // factor) * (w // factor)
+
+
 def load_model(name_or_path: str, dtype: str | None = None, attn_implementation: str | None = None,
                trust_remote_code: bool = False, device_map=None):
     """A Qwen-VL checkpoint by Hub name or local path (a ``qid merge`` folder too)."""

@@ -18,8 +18,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .boxes import smart_resize
-from .modeling import PARTS, QidModelConfig, format_summary, lora_target_regex, set_trainable_parts, trainable_summary
+from .modeling import (
+    PARTS,
+    QidModelConfig,
+    format_summary,
+    image_tokens,
+    lora_target_regex,
+    set_trainable_parts,
+    trainable_summary,
+)
 from .tasks import TASKS
 
 logger = logging.getLogger(__name__)
@@ -98,21 +105,17 @@ def build_mixture(data: DataArguments, split: str, cache_dir: str | None = None)
 
 def token_lengths(dataset, processor) -> tuple[list[int], list[int]]:
     """(whole-sample, answer) token counts per row, image tokens included, without decoding images."""
-    ip = processor.image_processor
-    factor = ip.patch_size * ip.merge_size
-    min_pixels, max_pixels = ip.size["shortest_edge"], ip.size["longest_edge"]
     tok = processor.tokenizer
-    prompts, answers, image_tokens = [], [], []
+    prompts, answers, n_image = [], [], []
     for row in dataset.select_columns(["prompt", "completion", "width", "height"]):
-        h, w = smart_resize(row["height"], row["width"], factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
-        image_tokens.append((h // factor) * (w // factor))
+        n_image.append(image_tokens(processor, row["width"], row["height"]))
         prompt = processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
         full = processor.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
         prompts.append(prompt)
         answers.append(full[len(prompt):])
     p_len = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
     a_len = [len(ids) for ids in tok(answers, add_special_tokens=False)["input_ids"]]
-    return [p + a + n - 1 for p, a, n in zip(p_len, a_len, image_tokens)], a_len
+    return [p + a + n - 1 for p, a, n in zip(p_len, a_len, n_image)], a_len
 
 
 def drop_long(dataset, processor, max_length: int | None):
