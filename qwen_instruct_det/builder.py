@@ -152,6 +152,16 @@ class QwenInstructDet(datasets.ArrowBasedBuilder):
             yield Key(0, batch), tables.table(rows, start, min(start + _BATCH_ROWS, len(rows)))
 
 
+def load_split(config: str, split: str, cache_dir: str | None = None, **config_kwargs) -> datasets.Dataset:
+    """One configuration's split, built (or read from the cache) by :class:`QwenInstructDet`."""
+    builder = QwenInstructDet(config_name=config, cache_dir=cache_dir, **config_kwargs)
+    builder.download_and_prepare()
+    if split not in builder.info.splits:
+        source = config_kwargs.get("data_dir") or config_kwargs.get("annotation_files")
+        raise ValueError(f"{source} has no split {split!r}; it has {list(builder.info.splits)}.")
+    return builder.as_dataset(split=split)
+
+
 def _fingerprint(data_dir: str | None, annotation_files: dict | None) -> str:
     """Size and modification time of every annotation file the config can read (part of the cache key)."""
     paths = list((annotation_files or {}).values())

@@ -141,15 +141,14 @@ class ExportSwiftArguments:
 
 def export_swift(args: ExportSwiftArguments) -> int:
     """Write rows as ms-swift JSONL (``messages`` with an ``<image>`` tag, ``images`` paths); return the count."""
-    from .builder import QwenInstructDet
+    from .builder import load_split
 
     written = 0
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         for name in config_names(args.config):
-            builder = QwenInstructDet(config_name=name, data_dir=args.data_dir, subset=args.subset, seed=args.seed, box_format=args.box_format)
-            builder.download_and_prepare()
-            ds = builder.as_dataset(split=args.split).cast_column("images", _path_only_images())
+            ds = load_split(name, args.split, data_dir=args.data_dir, subset=args.subset, seed=args.seed, box_format=args.box_format)
+            ds = ds.cast_column("images", _path_only_images())
             for row in ds.select_columns(["images", "prompt", "completion"]):
                 prompt = "".join("<image>" if c["type"] == "image" else c["text"] for c in row["prompt"][0]["content"])
                 answer = "".join(c["text"] for c in row["completion"][0]["content"])

@@ -49,6 +49,7 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
     from trl import ModelConfig, SFTConfig
 
     from . import evaluation, inference, synthetic, tiny_model, training, visualize
+    from .builder import load_split
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,7 +102,8 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
     model_dir = training.save_trained(trainer, processor, qid_config)
 
     progress(f"[5/6] predicting {args.val_images} held-out images")
-    val = _detection_split(data_args, "validation", cache)
+    val = load_split("detection", "validation", cache_dir=cache, data_dir=data_args.data_dir, display_name=data_args.display_name,
+                     seed=data_args.mix_seed)
     model.eval()
     preds_path = out / "predictions.jsonl"
     if preds_path.exists():
@@ -131,12 +133,3 @@ def synthetic_category_names(n: int) -> list[str]:
     from .synthetic import CATEGORIES
 
     return [c["name"] for c in CATEGORIES[:n]]
-
-
-def _detection_split(data_args, split: str, cache: str):
-    from .builder import QwenInstructDet
-
-    builder = QwenInstructDet(config_name="detection", data_dir=data_args.data_dir, display_name=data_args.display_name,
-                              seed=data_args.mix_seed, cache_dir=cache)
-    builder.download_and_prepare()
-    return builder.as_dataset(split=split)

@@ -34,7 +34,13 @@ def predict(args: PredictArguments) -> dict:
         raise ValueError("give exactly one of --data_dir (a COCO-layout folder) or --images (a folder of images).")
     model, processor, qc = load_for_inference(args.model, base_model=args.base_model, dtype=args.dtype,
                                               device_map="auto" if _has_cuda() else None)
-    dataset = _split_rows(args.data_dir, args.split, qc) if args.data_dir else _folder_rows(args.images)
+    if args.data_dir:
+        from .builder import load_split
+
+        dataset = load_split("detection", args.split, data_dir=args.data_dir, box_format=qc.box_format, display_name=qc.display_name,
+                             min_pixels=qc.min_pixels, max_pixels=qc.max_pixels)
+    else:
+        dataset = _folder_rows(args.images)
     if args.limit:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
     budget = args.max_new_tokens or default_max_new_tokens(qc.max_answer_tokens)
@@ -47,17 +53,6 @@ def _has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def _split_rows(data_dir: str, split: str, qc):
-    from .builder import QwenInstructDet
-
-    builder = QwenInstructDet(config_name="detection", data_dir=data_dir, box_format=qc.box_format, display_name=qc.display_name,
-                              min_pixels=qc.min_pixels, max_pixels=qc.max_pixels)
-    builder.download_and_prepare()
-    if split not in builder.info.splits:
-        raise ValueError(f"{data_dir} has no split {split!r}; it has {list(builder.info.splits)}.")
-    return builder.as_dataset(split=split)
 
 
 def _folder_rows(folder: str):

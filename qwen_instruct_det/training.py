@@ -86,18 +86,17 @@ def build_mixture(data: DataArguments, split: str, cache_dir: str | None = None)
     """The configurations of ``data.mix`` for ``split``, interleaved with their ratios (seeded)."""
     import datasets
 
-    from .builder import QwenInstructDet
+    from .builder import load_split
 
     if not data.data_dir:
         raise ValueError("data_dir is not set: point it at a COCO-2017-layout folder (qid synth writes one).")
     ratios = parse_mix(data.mix)
-    parts = []
-    for name in ratios:
-        builder = QwenInstructDet(config_name=name, data_dir=data.data_dir, subset=data.subset, box_format=data.box_format,
-                                  display_name=data.display_name, regions_per_object=data.regions_per_object, seed=data.mix_seed,
-                                  cache_dir=cache_dir)
-        builder.download_and_prepare()
-        parts.append(builder.as_dataset(split=split).select_columns(["images", "prompt", "completion", "task", "width", "height"]))
+    columns = ["images", "prompt", "completion", "task", "width", "height"]
+    parts = [
+        load_split(name, split, cache_dir=cache_dir, data_dir=data.data_dir, subset=data.subset, box_format=data.box_format,
+                   display_name=data.display_name, regions_per_object=data.regions_per_object, seed=data.mix_seed).select_columns(columns)
+        for name in ratios
+    ]
     if len(parts) == 1:
         return parts[0].shuffle(seed=data.mix_seed)
     return datasets.interleave_datasets(parts, probabilities=list(ratios.values()), seed=data.mix_seed, stopping_strategy="all_exhausted")
