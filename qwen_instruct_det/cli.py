@@ -115,13 +115,17 @@ def _run_export_swift(args: data_cli.ExportSwiftArguments) -> None:
     print(f"wrote {n} records to {args.out}")
 
 
-def _run_evaluate(args: data_cli.EvaluateArguments) -> None:
+def _print_scores(report: dict) -> None:
     from .evaluation import markdown_table
 
-    report = data_cli.evaluate(args)
     m = report["coco_map"]
     print(markdown_table(report["det_iou50"]))
     print(f"COCO mAP: AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  AP75 {m['AP75']:.3f}   ({report['images']} images)")
+
+
+def _run_evaluate(args: data_cli.EvaluateArguments) -> None:
+    report = data_cli.evaluate(args)
+    _print_scores(report)
     print(f"parsing: {report['parsing']}")
     print(f"report: {args.out or Path(args.predictions).parent}/report.json and report.md")
 
@@ -149,12 +153,9 @@ def _run_push(args: model_cli.PushArguments) -> None:
 
 def _run_demo(args: DemoArguments) -> None:
     from .demo import run_demo
-    from .evaluation import markdown_table
 
     report = run_demo(args)
-    print(markdown_table(report["det_iou50"]))
-    m = report["coco_map"]
-    print(f"COCO mAP: AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  AP75 {m['AP75']:.3f}")
+    _print_scores(report)
     print(f"F1@50 on {report['images']} held-out images: {report['det_iou50']['f1']:.3f}; took {report['demo']['seconds']['total']:.0f} s")
     print(f"report: {args.out}/report.json, {args.out}/report.md; pictures: {report['demo']['grid']}")
 

@@ -42,7 +42,7 @@ def coco_map(predictions: list, references: list, categories: list[str] | None =
     cat_id = {name: i + 1 for i, name in enumerate(labels)}
     images, gt, dt = [], [], []
     for i, (pred, ref) in enumerate(zip(predictions, references)):
-        image_id = int(ref.get("image_id", i + 1)) if isinstance(ref, dict) else i + 1
+        image_id = int(ref.get("image_id", i + 1))
         images.append({"id": image_id})
         boxes = np.asarray(ref["boxes"], dtype=np.float64).reshape(-1, 4)
         crowd = ref.get("iscrowd") or [0] * len(boxes)

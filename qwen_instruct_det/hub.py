@@ -134,14 +134,14 @@ def model_card(folder: str | os.PathLike, kind: str, recipe: dict | None = None,
 
 def merge(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, base_model: str | None = None) -> Path:
     """Fold a LoRA adapter into its base model; save the standalone model, processor and qid config."""
-    from .modeling import QidModelConfig, load_for_inference
+    from .modeling import load_for_inference
 
     model, processor, qc = load_for_inference(str(adapter_dir), base_model=base_model)
     merged = model.merge_and_unload()
     out = Path(out_dir)
     merged.save_pretrained(out)
     processor.save_pretrained(out)
-    (QidModelConfig.load(adapter_dir) or qc).save(out)
+    qc.save(out)
     return out
 
 

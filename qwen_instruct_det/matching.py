@@ -42,8 +42,8 @@ def _flatten(items: list, what: str, label_ids: dict[str, int], drop_crowd: bool
             raw_boxes, labels = item["boxes"], item["labels"]
         except (KeyError, TypeError):
             raise ValueError(f"{what}[{i}] must be a dict with 'boxes' and 'labels', got {type(item).__name__} {str(item)[:80]}.") from None
-        arr = np.asarray(raw_boxes, dtype=np.float64).reshape(-1, 4) if len(raw_boxes) else np.zeros((0, 4))
-        if len(arr) != len(labels) or (len(raw_boxes) and np.asarray(raw_boxes).ndim != 2):
+        arr = np.asarray(raw_boxes, dtype=np.float64) if len(raw_boxes) else np.zeros((0, 4))
+        if arr.ndim != 2 or arr.shape[1] != 4 or len(arr) != len(labels):
             raise ValueError(f"{what}[{i}] has {len(raw_boxes)} boxes and {len(labels)} labels; each box needs [x1, y1, x2, y2] and one label.")
         labels = list(labels)
         if drop_crowd and item.get("iscrowd") is not None:

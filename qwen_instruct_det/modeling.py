@@ -134,9 +134,9 @@ def load_for_inference(path: str, base_model: str | None = None, dtype: str | No
         model = PeftModel.from_pretrained(load_model(base, dtype=dtype, device_map=device_map), str(folder))
     else:
         model = load_model(str(path), dtype=dtype, device_map=device_map)
-    processor_source = str(folder) if (folder / "preprocessor_config.json").is_file() or (folder / "processor_config.json").is_file() else (base_model or str(path))
+    saved_with_model = any((folder / name).is_file() for name in ("processor_config.json", "preprocessor_config.json"))
     qc = qid_config or QidModelConfig()
-    processor = load_processor(processor_source, qc.min_pixels, qc.max_pixels)
+    processor = load_processor(str(folder) if saved_with_model else (base_model or str(path)), qc.min_pixels, qc.max_pixels)
     model.eval()
     return model, processor, qc
 
