@@ -10,8 +10,10 @@ module so that ``datasets.load_dataset("qwen_instruct_det", CONFIG, data_dir=...
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -81,7 +83,7 @@ class QwenInstructDetConfig(datasets.BuilderConfig):
     max_pixels: int = 14 * 14 * 4 * 1280
     check_files: bool = True
     source_fingerprint: str | None = None
-    """Set by the builder from the annotation files' size and time, so edited files are rebuilt, not read from cache."""
+    """Set by the builder from the annotation files' content, so edited files are rebuilt, not read from cache."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -163,16 +165,31 @@ def load_split(config: str, split: str, cache_dir: str | None = None, **config_k
 
 
 def _fingerprint(data_dir: str | None, annotation_files: dict | None) -> str:
-    """Size and modification time of every annotation file the config can read (part of the cache key)."""
+    """A content hash of every annotation file the config can read (part of the cache key)."""
     paths = list((annotation_files or {}).values())
     if data_dir and not annotation_files:
         paths = [Path(data_dir) / "annotations" / f"instances_{stem}.json" for stem in COCO_SPLITS.values()]
-    parts = []
-    for path in paths:
-        if os.path.isfile(path):
-            st = os.stat(path)
-            parts.append(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}")
-    return ";".join(parts)
+    return ";".join(f"{os.path.abspath(p)}:{file_digest(p)}" for p in paths if os.path.isfile(p))
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-1 of a file's bytes, remembered while its size, times and inode stay the same.
+
+    Keying the memo on ``st_ctime_ns`` too means an edit that restores the modification time
+    is still noticed: the change time cannot be set back.
+    """
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if key not in _DIGESTS:
+        digest = hashlib.sha1(usedforsecurity=False)
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def prepare_index(annotation_file: str, image_dir: str, cfg: QwenInstructDetConfig) -> coco.CocoIndex:
@@ -193,16 +210,27 @@ def prepare_index(annotation_file: str, image_dir: str, cfg: QwenInstructDetConf
     return index
 
 
-_CACHE: dict[tuple, coco.CocoIndex] = {}
+_CACHE: OrderedDict[tuple, coco.CocoIndex] = OrderedDict()
+_CACHE_SIZE = 4  # a build reads train and val (and test); a COCO-train index is a few hundred MB
 
 
 def _load_cached(annotation_file: str, image_dir: str, check_files: bool) -> coco.CocoIndex:
-    stat = os.stat(annotation_file) if os.path.exists(annotation_file) else None
-    key = (os.path.abspath(annotation_file), stat and stat.st_mtime_ns, stat and stat.st_size, os.path.abspath(image_dir), check_files)
-    if key not in _CACHE:
-        _CACHE.clear()  # one file at a time: a COCO-train index is a few hundred MB
-        _CACHE[key] = coco.load_coco(annotation_file, image_dir, check_files=check_files)
-    return _CACHE[key]
+    """The index of one annotation file, loaded once per process and content (least recently used dropped first)."""
+    key = (os.path.abspath(annotation_file), file_digest(annotation_file) if os.path.isfile(annotation_file) else None,
+           os.path.abspath(image_dir), check_files)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    index = coco.load_coco(annotation_file, image_dir, check_files=check_files)
+    _CACHE[key] = index
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return index
+
+
+def clear_cache() -> None:
+    """Forget the annotation indexes this process has loaded."""
+    _CACHE.clear()
 
 
 class _ImageColumns:

@@ -8,7 +8,7 @@ but checks that every referenced image file exists. It knows nothing about tasks
 
 The index is built with a few vectorised passes instead of pycocotools' per-record
 ``createIndex``: at COCO-train scale (860k boxes) that is what keeps building fast.
-pycocotools itself is used where its semantics matter (COCO mAP, see ``matching.py``).
+pycocotools itself is used where its semantics matter (COCO mAP, see ``evaluation.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from . import boxes as B
+
+try:  # optional: parses COCO-scale files about twice as fast as json
+    import orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    orjson = None
 
 logger = logging.getLogger(__name__)
 
@@ -157,11 +162,7 @@ def load_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike, 
             f"{path}: annotation file not found. Pass the path of a COCO-format instances_*.json "
             "(for COCO 2017: data_dir/annotations/instances_train2017.json; dataset_scripts/download_coco.py fetches it)."
         )
-    try:
-        with open(path, "rb") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise _fail(path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})", "Re-export or re-download the file.") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise _fail(path, "the top level is not a JSON object", "A COCO-format file is an object with 'images', 'annotations' and 'categories'.")
     images = _records(data, "images", path)
@@ -193,9 +194,7 @@ def load_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike, 
     cat_names = [cat_names[i] for i in cat_order]
     if len(np.unique(cat_ids)) != len(cat_ids):
         raise _fail(path, "a category id appears twice", "Category ids must be unique.")
-    if len(set(cat_names)) != len(cat_names):
-        dupe = next(n for n in cat_names if cat_names.count(n) > 1)
-        raise _fail(path, f"category name {dupe!r} is used by two ids", "Names appear in the model's text, so they must be unique; rename or merge them.")
+    _check_category_names(cat_names, path)
 
     ann_img_ids = _numeric(_column(anns, "image_id", "the image's id", path, "annotation"), np.int64, path, "annotation", "image_id", anns)
     ann_cat_ids = _numeric(_column(anns, "category_id", "the category's id", path, "annotation"), np.int64, path, "annotation", "category_id", anns)
@@ -207,7 +206,7 @@ def load_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike, 
             if not (isinstance(b, (list, tuple)) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)):
                 raise _fail(path, f"annotation record #{i} (id {anns[i].get('id', '?')}) has bbox={b!r}", "A bbox is [x, y, width, height], four numbers.") from None
         raise
-    crowd = np.fromiter((r.get("iscrowd", 0) for r in anns), dtype=np.int64, count=len(anns)).astype(bool)
+    crowd = _crowd_flags(anns, path)
     ann_ident = [r.get("id", "?") for r in anns] if len(anns) else []
     del anns, images, cats
 
@@ -228,14 +227,7 @@ def load_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike, 
         i = int(np.flatnonzero(~np.all(np.isfinite(xywh), axis=1))[0])
         raise _fail(path, f"annotation record #{i} (id {ann_ident[i]}) has a non-finite bbox", "Fix or remove it.")
 
-    xyxy = B.clip(B.xywh_to_xyxy(xywh), widths[ann_image], heights[ann_image])
-    wide = xyxy[:, 2] - xyxy[:, 0]
-    tall = xyxy[:, 3] - xyxy[:, 1]
-    tiny = (wide < 1.0) | (tall < 1.0)
-    skipped = {"sub_pixel_boxes": int(np.count_nonzero(tiny & ~crowd)), "crowd_annotations": int(np.count_nonzero(crowd))}
-    if skipped["sub_pixel_boxes"]:
-        logger.info("%s: skipping %d boxes smaller than one pixel", path, skipped["sub_pixel_boxes"])
-    keep = ~tiny | crowd  # a crowd box of any size still marks occupied space
+    xyxy, keep, skipped = _clip_boxes(xywh, widths[ann_image], heights[ann_image], crowd, path)
     ann_image, cpos, xyxy, crowd = ann_image[keep], cpos[keep], xyxy[keep], crowd[keep]
 
     by_image = np.argsort(ann_image, kind="stable")
@@ -260,6 +252,74 @@ def load_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike, 
     if check_files:
         check_image_files(index)
     return index
+
+
+def read_json(path: str | os.PathLike):
+    """The parsed JSON file, with orjson when it is installed (about twice as fast on COCO's 190 MB file)."""
+    raw = Path(path).read_bytes()
+    try:
+        if orjson is not None:
+            return orjson.loads(raw)
+        return json.loads(raw)
+    except ValueError as e:  # json.JSONDecodeError and orjson.JSONDecodeError are both ValueErrors
+        where = f" at line {e.lineno}, column {e.colno}" if hasattr(e, "lineno") else ""
+        msg = getattr(e, "msg", str(e))
+        raise _fail(path, f"not valid JSON ({msg}{where})", "Re-export or re-download the file.") from None
+
+
+def _crowd_flags(anns: list, path) -> np.ndarray:
+    """``iscrowd`` as COCO tools read it: missing or null is 0; 0/1 and booleans are taken; anything else is named."""
+    values = [r.get("iscrowd") for r in anns]
+    try:
+        known = set(values) <= {0, 1, None}  # True == 1 and False == 0
+    except TypeError:  # an unhashable value such as a list
+        known = False
+    if not known:
+        for i, v in enumerate(values):
+            if not (v is None or (isinstance(v, (bool, int)) and v in (0, 1))):
+                raise _fail(path, f"annotation record #{i} (id {anns[i].get('id', '?')}) has iscrowd={v!r}",
+                            "iscrowd must be 0 or 1 (true/false; null or missing reads as 0); fix the export.")
+    return np.fromiter((bool(v) for v in values), dtype=bool, count=len(values))
+
+
+def _check_category_names(names: list[str], path) -> None:
+    """Names appear in the model's text and are compared in canonical form, so two may not share one."""
+    from .formats import normalize_label
+
+    seen: dict[str, str] = {}
+    for name in names:
+        key = normalize_label(name)
+        if key in seen:
+            raise _fail(path, f"categories {seen[key]!r} and {name!r} have the same name once case, spaces and quotes are "
+                        "ignored (answers are compared that way)", "Rename or merge one of them.")
+        seen[key] = name
+
+
+def _clip_boxes(xywh: np.ndarray, widths: np.ndarray, heights: np.ndarray, crowd: np.ndarray, path):
+    """Pixel xyxy boxes clipped to their image, the mask of boxes to keep, and counts of what was clipped or skipped.
+
+    Non-crowd boxes with a negative width or height, fully outside the image, or under one pixel once
+    clipped are skipped; crowd boxes of any size are kept (they still mark occupied space).
+    """
+    raw = B.xywh_to_xyxy(xywh)
+    xyxy = B.clip(raw, widths, heights)
+    negative = (xywh[:, 2] < 0) | (xywh[:, 3] < 0)
+    outside = ~negative & ((raw[:, 2] <= 0) | (raw[:, 3] <= 0) | (raw[:, 0] >= widths) | (raw[:, 1] >= heights))
+    tiny = ~negative & ~outside & (((xyxy[:, 2] - xyxy[:, 0]) < 1.0) | ((xyxy[:, 3] - xyxy[:, 1]) < 1.0))
+    clipped = ~negative & ~outside & ~tiny & np.any(raw != xyxy, axis=1)
+    target = ~crowd
+    skipped = {
+        "sub_pixel_boxes": int(np.count_nonzero(tiny & target)),
+        "outside_boxes": int(np.count_nonzero(outside & target)),
+        "negative_size_boxes": int(np.count_nonzero(negative & target)),
+        "clipped_boxes": int(np.count_nonzero(clipped & target)),
+        "crowd_annotations": int(np.count_nonzero(crowd)),
+    }
+    for key in ("sub_pixel_boxes", "outside_boxes", "negative_size_boxes", "clipped_boxes"):
+        if skipped[key]:
+            logger.info("%s: %d %s", path, skipped[key], key.replace("_", " "))
+    keep = ~(tiny | outside | negative) | crowd
+    return xyxy, keep, skipped
 
 
 def check_image_files(index: CocoIndex) -> None:

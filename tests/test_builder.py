@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 
 import datasets
@@ -12,8 +13,10 @@ from PIL import Image
 
 import qwen_instruct_det
 from qwen_instruct_det import boxes as B
+from qwen_instruct_det import builder as builder_module
 from qwen_instruct_det import parse_detections
 from qwen_instruct_det.builder import QwenInstructDet
+from qwen_instruct_det.tasks import TASKS
 
 CONFIGS = ("detection", "count", "full_region", "partial_region", "none_region")
 
@@ -251,3 +254,37 @@ def test_an_edited_annotation_file_is_rebuilt_not_read_from_cache(shapes_dir, tm
     ann.write_text(json.dumps(content))
     _, after = _build(data, tmp_path / "cache", "detection")
     assert len(before) == 60 and len(after) == 10
+
+
+def test_a_same_size_edit_with_the_time_restored_is_rebuilt(shapes_dir, tmp_path):
+    import os
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(shapes_dir, root)
+    ann = root / "annotations" / "instances_train2017.json"
+    cache = str(tmp_path / "cache")
+    first = builder_module.load_split("count", "train", cache_dir=cache, data_dir=str(root))
+    stat = os.stat(ann)
+    text = ann.read_text()
+    edited = text.replace('"name": "circle"', '"name": "elcric"')  # same size, other content
+    assert len(edited) == len(text) and edited != text
+    ann.write_text(edited)
+    os.utime(ann, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(ann).st_mtime_ns == stat.st_mtime_ns
+    second = builder_module.load_split("count", "train", cache_dir=cache, data_dir=str(root))
+    first_text, second_text = (" ".join(_text(m) for m in ds["completion"]) for ds in (first, second))
+    assert "circle" in first_text and "circle" not in second_text and "elcric" in second_text
+
+
+def test_each_annotation_file_is_read_once_per_build(shapes_dir, tmp_path, monkeypatch):
+    from qwen_instruct_det import coco
+
+    builder_module.clear_cache()
+    calls = []
+    real = coco.load_coco
+    monkeypatch.setattr(coco, "load_coco", lambda path, *a, **k: calls.append(os.path.basename(path)) or real(path, *a, **k))
+    for name in TASKS:
+        b = QwenInstructDet(config_name=name, data_dir=str(shapes_dir), cache_dir=str(tmp_path))
+        b.download_and_prepare()
+    assert sorted(calls) == ["instances_train2017.json", "instances_val2017.json"]

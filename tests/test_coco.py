@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -107,3 +108,65 @@ def test_explicit_annotation_and_image_options(copy, tmp_path):
     )
     builder.download_and_prepare()
     assert builder.as_dataset(split="train").num_rows == len(data["images"])
+
+
+@pytest.mark.parametrize("value, crowd", [(None, False), (False, False), (True, True), (0, False), (1, True)])
+def test_iscrowd_is_read_as_coco_tools_read_it(copy, value, crowd):
+    ann, images, data = copy
+    data["annotations"][0]["iscrowd"] = value
+    index = load_coco(_write(ann, data), images)
+    assert index.skipped["crowd_annotations"] == sum(bool(a.get("iscrowd")) for a in data["annotations"])
+    first = np.asarray(data["annotations"][0]["bbox"], dtype=np.float64)
+    xyxy = np.concatenate([first[:2], first[:2] + first[2:]])
+    hit = np.flatnonzero(np.all(np.isclose(index.ann_xyxy, xyxy), axis=1))
+    assert index.ann_crowd[hit].tolist() == [crowd]
+
+
+@pytest.mark.parametrize("value", ["false", "0", 2, [1]])
+def test_iscrowd_of_another_kind_is_named(copy, value):
+    ann, images, data = copy
+    data["annotations"][3]["iscrowd"] = value
+    with pytest.raises(CocoFormatError, match=rf"annotation record #3 \(id \d+\) has iscrowd={re.escape(repr(value))}.*0 or 1") as info:
+        load_coco(_write(ann, data), images)
+    assert str(ann) in str(info.value)
+
+
+def test_clipped_outside_and_negative_boxes_are_counted_apart(copy):
+    ann, images, data = copy
+    sizes = {im["id"]: (im["width"], im["height"]) for im in data["images"]}
+    targets = [a for a in data["annotations"] if not a["iscrowd"]][:6]
+    for a in targets:
+        a["iscrowd"] = 0
+    w0, h0 = sizes[targets[0]["image_id"]]
+    targets[0]["bbox"] = [w0 - 10, 5, 30, 20]  # partly outside: clipped to 10 wide, kept
+    targets[1]["bbox"] = [-15, -5, 25, 30]  # partly outside on the left and top: kept
+    w2, h2 = sizes[targets[2]["image_id"]]
+    targets[2]["bbox"] = [w2 + 5, 10, 20, 20]  # fully outside on the right
+    targets[3]["bbox"] = [10, -50, 20, 30]  # fully above the image
+    targets[4]["bbox"] = [30, 30, -10, 20]  # negative width
+    index = load_coco(_write(ann, data), images)
+    assert index.skipped["clipped_boxes"] == 2
+    assert index.skipped["outside_boxes"] == 2
+    assert index.skipped["negative_size_boxes"] == 1
+    assert index.skipped["sub_pixel_boxes"] == 0
+    assert index.num_annotations == len(data["annotations"]) - 3
+    assert [w0 - 10, 5, w0, 25] in index.ann_xyxy.tolist()
+    assert [0, 0, 10, 25] in index.ann_xyxy.tolist()
+
+
+@pytest.mark.parametrize("names", [("circle", "CIRCLE"), ("Traffic Light", "traffic  light"), ("cat", '"Cat"')])
+def test_category_names_equal_after_normalisation_are_an_error(copy, names):
+    ann, images, data = copy
+    data["categories"][0]["name"], data["categories"][1]["name"] = names
+    with pytest.raises(CocoFormatError, match="same name") as info:
+        load_coco(_write(ann, data), images)
+    assert all(repr(n) in str(info.value) for n in names)
+
+
+def test_category_names_keep_their_own_spelling(copy):
+    ann, images, data = copy
+    spelled = ["Circle", "SQUARE  (big)", "Tri-angle-2", "dia.", "plus sign"]
+    for cat, name in zip(sorted(data["categories"], key=lambda c: c["id"]), spelled):
+        cat["name"] = name
+    index = load_coco(_write(ann, data), images)
+    assert index.category_names == spelled
