@@ -2,49 +2,71 @@
 
 datasets 5 runs no dataset scripts; ``load_dataset(name)`` first looks the name up in
 ``datasets.packaged_modules._PACKAGED_DATASETS_MODULES`` (name -> module path and hash).
-That table is private, so this module checks the datasets major version and fails with a
-clear message if the table is gone.
+That table is private, so the registration checks the datasets major version and, when
+it cannot register, warns and skips: importing the package never breaks, and
+``QwenInstructDet(config_name=..., data_dir=...)`` works whatever datasets does.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
+import warnings
 from pathlib import Path
 
 NAME = "qwen_instruct_det"
 MODULE = "qwen_instruct_det.builder"
 SUPPORTED_DATASETS_MAJOR = (5,)
-_HASHED = ("builder.py", "tasks.py", "formats.py", "coco.py", "boxes.py")
+_PACKAGE = Path(__file__).parent
+
+
+def builder_sources() -> list[Path]:
+    """The package's source files that the builder imports, directly or through each other (sorted)."""
+    seen: set[Path] = set()
+    todo = [_PACKAGE / "builder.py"]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [alias.name for alias in node.names]
+                todo += [p for p in (_PACKAGE / f"{n.split('.')[0]}.py" for n in names) if p.is_file()]
+    return sorted(seen)
 
 
 def _source_hash() -> str:
     """Hash of the code that decides the rows, so the datasets cache is rebuilt when it changes."""
     digest = hashlib.sha256()
-    here = Path(__file__).parent
-    for name in _HASHED:
-        digest.update((here / name).read_bytes())
+    for path in builder_sources():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
-def register_builder() -> None:
-    """Make ``datasets.load_dataset("qwen_instruct_det", ...)`` resolve to this package's builder."""
+def register_builder() -> bool:
+    """Make ``datasets.load_dataset("qwen_instruct_det", ...)`` resolve to this package's builder; False if it cannot."""
     import datasets
 
+    fallback = "use qwen_instruct_det.QwenInstructDet(config_name=..., data_dir=...) directly"
     major = int(datasets.__version__.split(".")[0])
     if major not in SUPPORTED_DATASETS_MAJOR:
-        raise ImportError(
-            f"qwen_instruct_det registers its builder through datasets {SUPPORTED_DATASETS_MAJOR} internals, "
-            f"but datasets {datasets.__version__} is installed; install a supported release "
-            "(pip install 'datasets>=5,<6') or use QwenInstructDet(...) directly."
+        warnings.warn(
+            f"qwen_instruct_det registers load_dataset('qwen_instruct_det', ...) through datasets {SUPPORTED_DATASETS_MAJOR} "
+            f"internals, but datasets {datasets.__version__} is installed; the name is not registered: {fallback}, "
+            "or install a supported release (pip install 'datasets>=5,<6').",
+            stacklevel=2,
         )
+        return False
     try:
-        packaged = importlib.import_module("datasets.packaged_modules")
-        table = packaged._PACKAGED_DATASETS_MODULES
-    except (ImportError, AttributeError) as e:
-        raise ImportError(
-            f"datasets {datasets.__version__} no longer has packaged_modules._PACKAGED_DATASETS_MODULES, "
-            "so load_dataset('qwen_instruct_det', ...) cannot be registered; use "
-            "qwen_instruct_det.QwenInstructDet(config_name=..., data_dir=...) directly and report this."
-        ) from e
+        table = importlib.import_module("datasets.packaged_modules")._PACKAGED_DATASETS_MODULES
+    except (ImportError, AttributeError):
+        warnings.warn(
+            f"datasets {datasets.__version__} has no packaged_modules._PACKAGED_DATASETS_MODULES, so "
+            f"load_dataset('qwen_instruct_det', ...) is not registered: {fallback}.",
+            stacklevel=2,
+        )
+        return False
     table[NAME] = (MODULE, _source_hash())
+    return True

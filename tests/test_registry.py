@@ -1,0 +1,79 @@
+"""Importing the package never breaks: the registration warns and skips, and the data and metric paths need no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+
+from qwen_instruct_det import _registry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_registration_warns_and_skips_when_the_table_is_gone(monkeypatch):
+    import datasets.packaged_modules as packaged
+
+    monkeypatch.delattr(packaged, "_PACKAGED_DATASETS_MODULES")
+    with pytest.warns(UserWarning, match="QwenInstructDet"):
+        assert _registry.register_builder() is False
+
+
+def test_registration_warns_and_skips_on_another_datasets_major(monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets, "__version__", "7.0.0")
+    with pytest.warns(UserWarning, match="datasets 7.0.0"):
+        assert _registry.register_builder() is False
+
+
+def test_registration_succeeds_here():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _registry.register_builder() is True
+
+
+def test_hashed_sources_are_what_the_builder_imports():
+    names = {p.name for p in _registry.builder_sources()}
+    assert {"builder.py", "tasks.py", "formats.py", "coco.py", "boxes.py"} <= names
+    assert "training.py" not in names and "cli.py" not in names
+
+
+def test_data_and_metric_paths_work_without_torch(tmp_path):
+    code = textwrap.dedent(f"""
+        import importlib.abc, importlib.machinery, sys
+
+        class NotInstalled(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+            # torch and the training stack fail to import, as on a machine without them
+
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "torchvision", "transformers", "trl", "peft"):
+                    return importlib.machinery.ModuleSpec(name, self)
+                return None
+
+            def create_module(self, spec):
+                raise ModuleNotFoundError(f"No module named {{spec.name!r}} (blocked by the test)")
+
+            def exec_module(self, module):
+                pass
+
+        sys.meta_path.insert(0, NotInstalled())
+        import datasets, evaluate
+        import qwen_instruct_det as qid
+        data = qid.make_synthetic_coco({str(tmp_path / 'shapes')!r}, train=6, val=2, seed=1)
+        ds = datasets.load_dataset("qwen_instruct_det", "count", data_dir=str(data), cache_dir={str(tmp_path / 'cache')!r})
+        det = evaluate.load({str(ROOT / 'metrics' / 'det_iou50')!r})
+        truth = [{{"boxes": [o["bbox"] for o in r["objects"]], "labels": [o["category"] for o in r["objects"]]}} for r in ds["train"]]
+        scores = det.compute(predictions=truth, references=truth)
+        assert scores["f1"] == 1.0, scores
+        assert "torch" not in sys.modules and "transformers" not in sys.modules
+        print("ok", len(ds["train"]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path), timeout=300,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("ok ")
