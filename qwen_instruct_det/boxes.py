@@ -13,6 +13,12 @@ import math
 import numpy as np
 
 GRID = 1000
+MIN_PIXELS = 56 * 56
+"""Qwen2-VL's default image budget (the processor's ``min_pixels``), the one spelling of it in the project."""
+MAX_PIXELS = 28 * 28 * 1280
+"""Qwen2-VL's default ``max_pixels`` (1,003,520 pixels: 1280 image tokens of 28x28 pixels)."""
+RESIZE_FACTOR = 28
+"""Qwen2-VL's and Qwen2.5-VL's resize factor (14-px patches x 2x2 merge); Qwen3-VL's is 32."""
 
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
@@ -101,7 +107,7 @@ def reading_order(boxes: np.ndarray) -> np.ndarray:
 
 
 def smart_resize(
-    height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 14 * 14 * 4 * 1280
+    height: int, width: int, factor: int = RESIZE_FACTOR, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
 ) -> tuple[int, int]:
     """The Qwen2-VL processor's resize: ``(height, width)`` as multiples of ``factor`` within the pixel budget.
 

@@ -10,11 +10,15 @@ module so that ``datasets.load_dataset("qwen_instruct_det", CONFIG, data_dir=...
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import logging
 import os
+import time
+import typing
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 
 import datasets
@@ -24,7 +28,7 @@ from datasets.builder import Key
 
 from . import coco
 from .formats import BOX_FORMATS
-from .tasks import TASKS, Objects, TaskOptions, TaskRows, generate
+from .tasks import TASK_DESCRIPTIONS, TASKS, Objects, TaskOptions, TaskRows, generate
 
 logger = logging.getLogger(__name__)
 
@@ -49,41 +53,24 @@ FEATURES = datasets.Features(
     }
 )
 
-_DESCRIPTIONS = {
-    "detection": "All boxes of each image as Qwen grounding text, grouped by category.",
-    "count": "How many objects of each category each image holds (images with crowd regions left out).",
-    "full_region": "A region that fully contains one object and at most 5% of any other.",
-    "partial_region": "A region that shows 20-80% of one object (stated to the nearest 10%).",
-    "none_region": "A region that touches no object box, crowd boxes included.",
-}
-
-
 @dataclass
-class QwenInstructDetConfig(datasets.BuilderConfig):
-    """Options of one configuration; every field can be passed to ``load_dataset`` as a keyword."""
+class QwenInstructDetConfig(TaskOptions, datasets.BuilderConfig):
+    """Options of one configuration; every field can be passed to ``load_dataset`` as a keyword.
 
-    annotation_files: dict | None = None
-    """Split name -> COCO-format json; default: ``data_dir/annotations/instances_{train,val}2017.json``."""
-    image_dirs: dict | None = None
-    """Split name -> image folder; default: ``data_dir/{train,val}2017``."""
-    subset: int | None = None
-    """A seeded random subset of this many images per split."""
-    categories: list | None = None
-    """Keep only these category names."""
-    display_name: str = "COCO"
-    """The data set's name in answers (none_region: "... from the {display_name} categories")."""
-    regions_per_object: int = 1
-    box_format: str = "qwen2"
-    keep_empty: bool = True
-    """Keep images with no (non-crowd) objects; their targets say there are none."""
-    seed: int = 0
-    detection_prompt: str = "fixed"
-    list_categories: bool = False
-    min_pixels: int = 56 * 56
-    max_pixels: int = 14 * 14 * 4 * 1280
-    check_files: bool = True
-    source_fingerprint: str | None = None
-    """Set by the builder from the annotation files' content, so edited files are rebuilt, not read from cache."""
+    The options are declared once: the text options in :class:`~qwen_instruct_det.tasks.TaskOptions`,
+    which this config inherits, the data options here; ``qid build`` / ``qid export-swift`` flags and
+    ``qid train``'s data arguments are generated from these fields (:func:`option_fields`).
+    """
+
+    annotation_files: dict | None = field(default=None, metadata={
+        "help": "SPLIT=PATH COCO-format json per split, for a non-COCO layout (default: DATA_DIR/annotations/instances_{train,val}2017.json)."})
+    image_dirs: dict | None = field(default=None, metadata={"help": "SPLIT=FOLDER image folder per split, with annotation_files (default: DATA_DIR/{train,val}2017)."})
+    subset: int | None = field(default=None, metadata={"help": "A seeded random subset of N images per split."})
+    categories: list[str] | None = field(default=None, metadata={"help": "Keep only these category names."})
+    keep_empty: bool = field(default=True, metadata={"help": "Keep images with no (non-crowd) objects; their targets say there are none."})
+    check_files: bool = field(default=True, metadata={"help": "Check that every image file exists before building."})
+    source_fingerprint: str | None = field(default=None, metadata={"help": "Set by the builder: a hash of the annotation files' content.",
+                                                                    "internal": True})
 
     def __post_init__(self):
         super().__post_init__()
@@ -92,15 +79,40 @@ class QwenInstructDetConfig(datasets.BuilderConfig):
         if self.box_format not in BOX_FORMATS:
             raise ValueError(f"Unknown box_format {self.box_format!r}; choose one of {sorted(BOX_FORMATS)}.")
 
-    def task_options(self) -> TaskOptions:
-        return TaskOptions(**{f.name: getattr(self, f.name) for f in fields(TaskOptions) if hasattr(self, f.name)})
+
+def option_fields() -> list:
+    """The user options of the builder (its config's fields less datasets' own and internal ones), with resolved types."""
+    hints = typing.get_type_hints(QwenInstructDetConfig)
+    own = {f.name for f in fields(datasets.BuilderConfig)}
+    out = []
+    for f in fields(QwenInstructDetConfig):
+        if f.name in own or f.metadata.get("internal"):
+            continue
+        f = copy.copy(f)
+        f.type = hints[f.name]
+        out.append(f)
+    return out
+
+
+def with_options(name: str, base: type, exclude: tuple[str, ...] = ()) -> type:
+    """A dataclass ``name``: ``base``'s fields followed by the builder's options (less ``exclude``), for a command's flags."""
+    extra = [(f.name, f.type, field(default=f.default, metadata=f.metadata)) for f in option_fields() if f.name not in exclude]
+    return make_dataclass(name, extra, bases=(base,))
+
+
+def builder_kwargs(args, data_dir: str | None = None) -> dict:
+    """The builder keywords an object made by :func:`with_options` (or any object with those attributes) asks for."""
+    kwargs = {f.name: getattr(args, f.name) for f in option_fields() if hasattr(args, f.name)}
+    if data_dir is not None or hasattr(args, "data_dir"):
+        kwargs["data_dir"] = data_dir if data_dir is not None else args.data_dir
+    return kwargs
 
 
 class QwenInstructDet(datasets.ArrowBasedBuilder):
     """COCO-format detection data as Qwen-VL instruction rows, in five configurations."""
 
     BUILDER_CONFIG_CLASS = QwenInstructDetConfig
-    BUILDER_CONFIGS = [QwenInstructDetConfig(name=task, description=_DESCRIPTIONS[task]) for task in TASKS]
+    BUILDER_CONFIGS = [QwenInstructDetConfig(name=task, description=TASK_DESCRIPTIONS[task]) for task in TASKS]
     DEFAULT_CONFIG_NAME = "detection"
 
     def __init__(self, *args, **kwargs):
@@ -110,7 +122,7 @@ class QwenInstructDet(datasets.ArrowBasedBuilder):
         self.skipped: dict[str, dict[str, int]] = {}
 
     def _info(self) -> datasets.DatasetInfo:
-        return datasets.DatasetInfo(description=_DESCRIPTIONS[self.config.name], features=FEATURES)
+        return datasets.DatasetInfo(description=TASK_DESCRIPTIONS[self.config.name], features=FEATURES)
 
     def _split_generators(self, dl_manager):
         files = self._split_files()
@@ -145,7 +157,7 @@ class QwenInstructDet(datasets.ArrowBasedBuilder):
     def _generate_tables(self, split: str, annotation_file: str, image_dir: str):
         index = prepare_index(annotation_file, image_dir, self.config)
         objs = Objects.from_index(index)
-        rows = generate(self.config.name, objs, self.config.task_options())
+        rows = generate(self.config.name, objs, self.config)
         skipped = {**index.skipped, **rows.skipped}
         self.skipped[split] = skipped
         logger.info("%s/%s: %d rows from %d images; skipped %s", self.config.name, split, len(rows), index.num_images, skipped)
@@ -162,6 +174,102 @@ def load_split(config: str, split: str, cache_dir: str | None = None, **config_k
         source = config_kwargs.get("data_dir") or config_kwargs.get("annotation_files")
         raise ValueError(f"{source} has no split {split!r}; it has {list(builder.info.splits)}.")
     return builder.as_dataset(split=split)
+
+
+def config_names(config: str | list[str]) -> list[str]:
+    """'all', one name, a comma list or a list of names to a checked list of configuration names."""
+    if isinstance(config, str):
+        config = list(TASKS) if config == "all" else [c.strip() for c in config.split(",") if c.strip()]
+    unknown = [n for n in config if n not in TASKS]
+    if unknown or not config:
+        raise ValueError(f"Unknown configuration(s) {unknown or config}; choose from {list(TASKS)} or 'all'.")
+    return list(config)
+
+
+def build_configs(configs: str | list[str] = "all", cache_dir: str | None = None, output_dir: str | None = None,
+                  file_format: str = "arrow", **builder_kwargs) -> dict[str, QwenInstructDet]:
+    """Build each configuration (into ``output_dir/CONFIG`` when given, else the cache); the prepared builders by name.
+
+    Each builder records ``seconds`` (its build time) and ``skipped`` (the counts of what it left out, per split).
+    """
+    if file_format not in ("arrow", "parquet"):
+        raise ValueError(f"file_format must be 'arrow' or 'parquet', got {file_format!r}.")
+    builders = {}
+    for name in config_names(configs):
+        start = time.perf_counter()
+        builder = QwenInstructDet(config_name=name, cache_dir=cache_dir, **builder_kwargs)
+        target = str(Path(output_dir) / name) if output_dir else None
+        builder.download_and_prepare(output_dir=target, file_format=file_format,
+                                     download_mode="force_redownload" if target else None)
+        builder.seconds = time.perf_counter() - start
+        builder.output_dir = target
+        builders[name] = builder
+    if output_dir:
+        for lock in Path(output_dir).glob("*.lock"):
+            lock.unlink()
+    return builders
+
+
+def build_summary(builders: dict[str, QwenInstructDet]) -> dict:
+    """Rows per split, seconds, rows per second and skip counts of each built configuration (JSON-ready)."""
+    out = {}
+    for name, builder in builders.items():
+        rows = {split: info.num_examples for split, info in builder.info.splits.items()}
+        seconds = getattr(builder, "seconds", 0.0)
+        out[name] = {"rows": rows, "seconds": round(seconds, 3), "rows_per_second": round(sum(rows.values()) / seconds, 1) if seconds else None,
+                     "skipped": builder.skipped, "output_dir": getattr(builder, "output_dir", None)}
+    return out
+
+
+def write_swift_jsonl(datasets_: list[datasets.Dataset], path: str | os.PathLike) -> int:
+    """Rows as ms-swift JSONL (``messages`` with an ``<image>`` tag, ``images`` as paths); returns how many were written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with open(path, "w") as f:
+        for ds in datasets_:
+            ds = ds.cast_column("images", datasets.List(datasets.Image(decode=False)))
+            for row in ds.select_columns(["images", "prompt", "completion"]):
+                prompt = "".join("<image>" if c["type"] == "image" else c["text"] for c in row["prompt"][0]["content"])
+                answer = "".join(c["text"] for c in row["completion"][0]["content"])
+                record = {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+                          "images": [im["path"] for im in row["images"]]}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                written += 1
+    return written
+
+
+@dataclass
+class _BuildCommand:
+    data_dir: str = field(metadata={"help": "COCO-2017-layout folder (annotations/instances_*2017.json, train2017/, val2017/).", "positional": True})
+    config: str = field(default="all", metadata={"help": f"Configuration(s): one of {list(TASKS)}, a comma list, or 'all'."})
+    out: str | None = field(default=None, metadata={"help": "Write each configuration to OUT/CONFIG (Arrow or Parquet) and OUT/summary.json."})
+    format: str = field(default="arrow", metadata={"help": "'arrow' (images as paths) or 'parquet'."})
+    cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder (default: HF_DATASETS_CACHE)."})
+
+
+@dataclass
+class _ExportSwiftCommand:
+    data_dir: str = field(metadata={"help": "COCO-2017-layout folder.", "positional": True})
+    out: str = field(metadata={"help": "JSONL file to write."})
+    config: str = field(default="detection", metadata={"help": "Configuration(s) to export: a name, a comma list or 'all'."})
+    split: str = field(default="train", metadata={"help": "Split to export."})
+    cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder (default: HF_DATASETS_CACHE)."})
+
+
+def build(args) -> dict:
+    """``qid build``: build the asked configurations; return (and with ``out``, write) the summary."""
+    builders = build_configs(args.config, cache_dir=args.cache_dir, output_dir=args.out, file_format=args.format, **builder_kwargs(args))
+    summary = {"data_dir": args.data_dir, "configs": build_summary(builders)}
+    if args.out:
+        (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def export_swift(args) -> int:
+    """``qid export-swift``: write one split of the asked configurations as ms-swift JSONL; return the count."""
+    parts = [load_split(name, args.split, cache_dir=args.cache_dir, **builder_kwargs(args)) for name in config_names(args.config)]
+    return write_swift_jsonl(parts, args.out)
 
 
 def _fingerprint(data_dir: str | None, annotation_files: dict | None) -> str:
@@ -284,3 +392,7 @@ def _messages(role: str, texts: list[str], with_image: bool) -> pa.Array:
     content = pa.ListArray.from_arrays(pa.array(np.arange(0, per_row * n + 1, per_row, dtype=np.int32)), items)
     message = pa.StructArray.from_arrays([pa.array([role] * n, pa.string()), content], names=["role", "content"])
     return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), message)
+
+
+BuildArguments = with_options("BuildArguments", _BuildCommand)
+ExportSwiftArguments = with_options("ExportSwiftArguments", _ExportSwiftCommand)

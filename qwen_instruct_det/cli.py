@@ -1,8 +1,9 @@
-"""The ``qid`` command: parses arguments into the modules' config dataclasses and calls them.
+"""The ``qid`` command: parses flags into the library's argument dataclasses, calls the library, prints.
 
-Every subcommand's flags are generated from a dataclass (field name -> ``--flag``, the
-``help`` metadata -> help text), so Python, flags and YAML recipes agree. The CLI prints;
-the library logs.
+Each subcommand is a dataclass (flags generated from its fields: name -> ``--flag``, the
+``help`` metadata -> help text) and one library function; ``train`` and ``grpo`` parse with
+TRL's ``TrlParser`` (flags = YAML recipe = Python). Every error is one line naming the problem
+and the fix (``--debug`` shows the traceback). The library logs; only this module prints.
 """
 
 from __future__ import annotations
@@ -17,25 +18,39 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import data_cli, model_cli
-from .demo import DemoArguments
 
-Command = tuple[type, Callable[[Any], Any], str]
+@dataclasses.dataclass
+class Command:
+    arguments: Callable[[], type]
+    run: Callable[[Any], Any]
+    show: Callable[[Any, Any], None]
+    help: str
 
 
 def _commands() -> dict[str, Command]:
-    commands: dict[str, Command] = {
-        "synth": (data_cli.SynthArguments, _run_synth, "Write the synthetic COCO-format shapes data set."),
-        "build": (data_cli.BuildArguments, _run_build, "Build instruction configurations to Arrow/Parquet, with a summary."),
-        "export-swift": (data_cli.ExportSwiftArguments, _run_export_swift, "Write rows as ms-swift JSONL."),
-        "evaluate": (data_cli.EvaluateArguments, _run_evaluate, "Score a predictions JSONL: det_iou50 per class and COCO mAP."),
-        "visualize": (data_cli.VisualizeArguments, _run_visualize, "Draw truth and predicted boxes to PNGs and a grid."),
-        "predict": (model_cli.PredictArguments, _run_predict, "Batched generation on a split or an image folder, to JSONL."),
-        "merge": (model_cli.MergeArguments, _run_merge, "Fold a LoRA adapter into its base model."),
-        "push": (model_cli.PushArguments, _run_push, "Publish a dataset, adapter or merged model to the Hub (with cards)."),
-        "demo": (DemoArguments, _run_demo, "The whole path on synthetic data with the tiny model (CPU, offline)."),
+    from . import builder, evaluation, model_cli, synthetic, visualize
+    from .demo import DemoArguments, run_demo
+
+    return {
+        "synth": Command(lambda: synthetic.SynthArguments, synthetic.synth, _show_synth, "Write the synthetic COCO-format shapes data set."),
+        "build": Command(lambda: builder.BuildArguments, builder.build, _show_build, "Build instruction configurations to Arrow/Parquet, with a summary."),
+        "export-swift": Command(lambda: builder.ExportSwiftArguments, builder.export_swift, lambda a, n: print(f"wrote {n} records to {a.out}"),
+                                "Write rows as ms-swift JSONL."),
+        "evaluate": Command(lambda: evaluation.EvaluateArguments, evaluation.evaluate, _show_evaluate,
+                            "Score a predictions JSONL: det_iou50 per class and COCO mAP."),
+        "visualize": Command(lambda: visualize.VisualizeArguments, visualize.visualize,
+                             lambda a, paths: print(f"wrote {len(paths) - 1} pictures and {paths[-1]}"), "Draw truth and predicted boxes to PNGs and a grid."),
+        "predict": Command(lambda: model_cli.PredictArguments, model_cli.predict, _show_predict, "Batched generation on a split or an image folder, to JSONL."),
+        "merge": Command(lambda: model_cli.MergeArguments, model_cli.merge, lambda a, out: print(f"merged model written to {out}"),
+                         "Fold a LoRA adapter into its base model."),
+        "push": Command(lambda: model_cli.PushArguments, model_cli.push, _show_push, "Publish a dataset, adapter or merged model to the Hub (with cards)."),
+        "demo": Command(lambda: DemoArguments, run_demo, _show_demo, "The whole path on synthetic data with the tiny model (CPU, offline)."),
     }
-    return commands
+
+
+_TRL_COMMANDS = {
+    "train": ("qwen_instruct_det.training", "Fine-tune with TRL SFTTrainer + PEFT LoRA (flags or --config recipe.yaml; see qid train --help)."),
+}
 
 
 def _field_type(tp) -> tuple[type, bool]:
@@ -59,6 +74,19 @@ def _str_to_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+class _Pairs(argparse.Action):
+    """``SPLIT=PATH`` pairs to a dict."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        out = {}
+        for item in values:
+            key, sep, value = item.partition("=")
+            if not sep:
+                parser.error(f"{option_string} takes SPLIT=PATH pairs, got {item!r}")
+            out[key] = value
+        setattr(namespace, self.dest, out)
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One argument per dataclass field: positional where metadata says so, else ``--name``."""
     for f in dataclasses.fields(cls):
@@ -66,6 +94,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         kwargs: dict[str, Any] = {"help": f.metadata.get("help", "")}
         if tp is bool:
             kwargs.update(type=_str_to_bool, nargs="?", const=True)
+        elif tp is dict:
+            kwargs.update(nargs="+", action=_Pairs, metavar="SPLIT=PATH")
         else:
             kwargs["type"] = tp
         if is_list:
@@ -82,24 +112,23 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         parser.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name, **kwargs)
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(commands: dict[str, Command] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qid", description="COCO-format detection data for Qwen-VL: build, train, predict, score.")
     parser.add_argument("--log-level", default="INFO", help="Logging level (DEBUG, INFO, WARNING).")
+    parser.add_argument("--debug", action="store_true", help="Show the traceback of an error.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("train", help="Fine-tune with TRL SFTTrainer + PEFT LoRA (flags or --config recipe.yaml; see qid train --help).",
-                   add_help=False)
-    for name, (cls, _, help_text) in _commands().items():
-        add_dataclass_arguments(sub.add_parser(name, help=help_text, description=help_text), cls)
+    for name, (_, help_text) in _TRL_COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    for name, command in (commands or _commands()).items():
+        add_dataclass_arguments(sub.add_parser(name, help=command.help, description=command.help), command.arguments())
     return parser
 
 
-def _run_synth(args: data_cli.SynthArguments) -> None:
-    out = data_cli.synth(args)
+def _show_synth(args, out) -> None:
     print(f"wrote {args.train} train and {args.val} val images with COCO annotations to {out}")
 
 
-def _run_build(args: data_cli.BuildArguments) -> None:
-    summary = data_cli.build(args)
+def _show_build(args, summary: dict) -> None:
     print(f"{'config':<16}{'rows per split':<30}{'seconds':>9}{'rows/s':>10}  skipped")
     for name, info in summary["configs"].items():
         rows = ", ".join(f"{split} {n}" for split, n in info["rows"].items())
@@ -110,11 +139,6 @@ def _run_build(args: data_cli.BuildArguments) -> None:
         print(f"summary: {args.out}/summary.json")
 
 
-def _run_export_swift(args: data_cli.ExportSwiftArguments) -> None:
-    n = data_cli.export_swift(args)
-    print(f"wrote {n} records to {args.out}")
-
-
 def _print_scores(report: dict) -> None:
     from .evaluation import markdown_table
 
@@ -123,62 +147,63 @@ def _print_scores(report: dict) -> None:
     print(f"COCO mAP: AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  AP75 {m['AP75']:.3f}   ({report['images']} images)")
 
 
-def _run_evaluate(args: data_cli.EvaluateArguments) -> None:
-    report = data_cli.evaluate(args)
+def _show_evaluate(args, report: dict) -> None:
     _print_scores(report)
     print(f"parsing: {report['parsing']}")
     print(f"report: {args.out or Path(args.predictions).parent}/report.json and report.md")
 
 
-def _run_visualize(args: data_cli.VisualizeArguments) -> None:
-    paths = data_cli.visualize(args)
-    print(f"wrote {len(paths) - 1} pictures and {paths[-1]}")
-
-
-def _run_predict(args: model_cli.PredictArguments) -> None:
-    result = model_cli.predict(args)
+def _show_predict(args, result: dict) -> None:
     print(f"wrote {result['written']} predictions to {result['out']} ({result['skipped_done']} already there, "
           f"{result['truncated']} cut off at max_new_tokens={result['max_new_tokens']})")
 
 
-def _run_merge(args: model_cli.MergeArguments) -> None:
-    print(f"merged model written to {model_cli.merge(args)}")
-
-
-def _run_push(args: model_cli.PushArguments) -> None:
-    result = model_cli.push(args)
+def _show_push(args, result: dict) -> None:
     print(f"folder {result['folder']} ({len(result['files'])} files)")
     print(result.get("url", "dry run: nothing uploaded"))
 
 
-def _run_demo(args: DemoArguments) -> None:
-    from .demo import run_demo
-
-    report = run_demo(args)
+def _show_demo(args, report: dict) -> None:
     _print_scores(report)
     print(f"F1@50 on {report['images']} held-out images: {report['det_iou50']['f1']:.3f}; took {report['demo']['seconds']['total']:.0f} s")
     print(f"report: {args.out}/report.json, {args.out}/report.md; pictures: {report['demo']['grid']}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]:
-        from .training import main as train_main
+def _run(argv: list[str]) -> None:
+    if argv[:1] and argv[0] in _TRL_COMMANDS:
+        import importlib
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        out = train_main(argv[1:])
+        out = importlib.import_module(_TRL_COMMANDS[argv[0]][0]).main(argv[1:])
         print(f"trained model saved to {out}")
-        return 0
-    parser = make_parser()
-    ns = parser.parse_args(argv)
+        return
+    commands = _commands()
+    ns = make_parser(commands).parse_args(argv)
     logging.basicConfig(level=getattr(logging, ns.log_level.upper(), logging.INFO), format="%(levelname)s %(name)s: %(message)s")
-    cls, run, _ = _commands()[ns.command]
-    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)}
+    command = commands[ns.command]
+    cls = command.arguments()
+    args = cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+    command.show(args, command.run(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    name = argv[0] if argv else "qid"
     try:
-        run(cls(**values))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"qid {ns.command}: error: {e}", file=sys.stderr)
+        _run(argv)
+    except (ValueError, OSError, ImportError) as e:
+        if debug:
+            raise
+        print(f"qid {name}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except Exception as e:  # a defect, not bad input: still one line, with the way to the traceback
+        if debug:
+            raise
+        print(f"qid {name}: unexpected {type(e).__name__}: {' '.join(str(e).split())} (run again with --debug for the traceback "
+              "and please report it)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,19 @@ def markdown_report(report: dict) -> str:
         f"truncated answers {p['truncated_answers']}, unknown labels {p['unknown_labels'] or 'none'}",
         "",
     ])
+
+
+@dataclass
+class EvaluateArguments:
+    """``qid evaluate``: the predictions to score and how."""
+
+    predictions: str = field(metadata={"help": "Predictions JSONL written by qid predict.", "positional": True})
+    out: str | None = field(default=None, metadata={"help": "Folder for report.json and report.md (default: beside the predictions)."})
+    iou_threshold: float = field(default=0.5, metadata={"help": "IoU at or above which a pair matches."})
+    matching: str = field(default="greedy", metadata={"help": "'greedy' or 'hungarian'."})
+
+
+def evaluate(args: EvaluateArguments) -> dict:
+    """``qid evaluate``: score a predictions file; write the report beside it (or in ``out``)."""
+    out = args.out or str(Path(args.predictions).parent)
+    return evaluate_file(args.predictions, out, iou_threshold=args.iou_threshold, matching=args.matching)

@@ -22,32 +22,21 @@ import logging
 import os
 from pathlib import Path
 
-from .tasks import TASKS
+from .tasks import TASK_DESCRIPTIONS
 
 logger = logging.getLogger(__name__)
-
-_CONFIG_TEXT = {
-    "detection": "all boxes of each image as Qwen grounding text, grouped by category in id order, boxes in reading order",
-    "count": "`NAME: N` per category present (images with crowd regions left out)",
-    "full_region": "a region that fully contains one object and at most 5% of any other",
-    "partial_region": "a region that shows 20-80% of one object, the visible share stated to the nearest 10%",
-    "none_region": "a region that touches no object box, crowd boxes included",
-}
-
 
 def dataset_folder(out_dir: str | os.PathLike, configs: list[str] | None = None, pretty_name: str = "Qwen-VL detection instructions",
                    cache_dir: str | None = None, **builder_kwargs) -> Path:
     """Write all configurations as Parquet (images embedded) plus a README card; return the folder."""
     from datasets.table import embed_table_storage
 
-    from .builder import QwenInstructDet
+    from .builder import build_configs
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict] = {}
-    for name in configs or list(TASKS):
-        builder = QwenInstructDet(config_name=name, cache_dir=cache_dir, **builder_kwargs)
-        builder.download_and_prepare()
+    for name, builder in build_configs(configs or "all", cache_dir=cache_dir, **builder_kwargs).items():
         summary[name] = {"rows": {}, "skipped": builder.skipped}
         for split in builder.info.splits:
             ds = builder.as_dataset(split=split)
@@ -87,7 +76,7 @@ def dataset_card(summary: dict[str, dict], pretty_name: str, options: dict) -> s
     for name, info in summary.items():
         skipped = "; ".join(f"{split}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v) for split, counts in info["skipped"].items())
         rows = " | ".join(str(info["rows"].get(s, 0)) for s in _splits(summary))
-        body.append(f"| `{name}` | {_CONFIG_TEXT.get(name, '')} | {rows} | {skipped or '-'} |")
+        body.append(f"| `{name}` | {TASK_DESCRIPTIONS.get(name, '')} | {rows} | {skipped or '-'} |")
     body += ["", "## Build options", "", "```json", json.dumps(options, indent=2, default=str), "```", "",
              "Skipped records are counted above, never dropped silently. The images keep the license of the source data set.", ""]
     return "\n".join(yaml + [""] + body)

@@ -23,6 +23,13 @@ from .formats import NO_OBJECTS, get_box_format
 logger = logging.getLogger(__name__)
 
 TASKS = ("detection", "count", "full_region", "partial_region", "none_region")
+TASK_DESCRIPTIONS = {
+    "detection": "All boxes of each image as Qwen grounding text, grouped by category in id order, boxes in reading order.",
+    "count": "`NAME: N` per category present in each image (images with crowd regions left out).",
+    "full_region": "A region that fully contains one object and at most 5% of any other.",
+    "partial_region": "A region that shows 20-80% of one object and at most 5% of any other, the visible share stated to the nearest 10%.",
+    "none_region": "A region that touches no object box, crowd boxes included.",
+}
 
 DETECTION_PROMPT = "Draw the bounding box of objects"
 DETECTION_PARAPHRASES = (
@@ -31,6 +38,8 @@ DETECTION_PARAPHRASES = (
     "Detect all objects in the image and output their bounding boxes.",
     "Find the objects in this image and draw a box around each one.",
 )
+JSON_DETECTION_PROMPT = 'Locate every instance that belongs to the following categories: "{categories}". Report bbox coordinates in JSON format.'
+"""Qwen2.5-VL's and Qwen3-VL's grounding prompt, as in Qwen's cookbooks (answers: ``[{"bbox_2d": [...], "label": ...}]``)."""
 COUNT_PROMPT = "Please count how many objects of each category are in the image."
 REGION_PROMPT = "What does the area {region} contain?"
 FULL_TARGET = 'The area {region} fully contains a "{name}".'
@@ -45,17 +54,18 @@ _CHUNK_BUDGET = 2_000_000  # candidate x object pairs per numpy call
 
 @dataclass
 class TaskOptions:
-    """What the generators need beyond the index (the builder config carries these)."""
+    """The options that shape the rows' text; the builder config inherits them, so each is declared once, here."""
 
-    display_name: str = "COCO"
-    box_format: str = "qwen2"
-    regions_per_object: int = 1
-    seed: int = 0
-    detection_prompt: str = "fixed"  # or "varied": a seeded choice among DETECTION_PARAPHRASES
-    list_categories: bool = False
-    min_pixels: int = 56 * 56
-    max_pixels: int = 14 * 14 * 4 * 1280
-    candidates: int = 64
+    display_name: str = field(default="COCO", metadata={"help": "The data set's name in answers (none_region: '... from the NAME categories')."})
+    box_format: str = field(default="qwen2", metadata={"help": "Box format of the text: qwen2 (Qwen2-VL), qwen2_5 (Qwen2.5-VL) or qwen3 (Qwen3-VL)."})
+    regions_per_object: int = field(default=1, metadata={"help": "Region rows drawn per object (per image for none_region)."})
+    seed: int = field(default=0, metadata={"help": "Seed of every random choice (regions, subsets, varied prompts)."})
+    detection_prompt: str = field(default="fixed", metadata={"help": "'fixed' (the format's own prompt) or 'varied' (a seeded paraphrase)."})
+    list_categories: bool = field(default=False, metadata={"help": "Append the category list to qwen2 detection prompts (JSON formats always name them)."})
+    min_pixels: int = field(default=B.MIN_PIXELS, metadata={"help": "The processor's min_pixels (qwen2_5 coordinates depend on the resize)."})
+    max_pixels: int = field(default=B.MAX_PIXELS, metadata={"help": "The processor's max_pixels (qwen2_5 coordinates depend on the resize)."})
+    resize_factor: int = field(default=B.RESIZE_FACTOR, metadata={"help": "The processor's patch size x merge size: 28 for Qwen2/2.5-VL, 32 for Qwen3-VL."})
+    candidates: int = field(default=64, metadata={"help": "Candidate regions drawn per object before it is skipped and counted."})
 
 
 @dataclass
@@ -115,7 +125,7 @@ class Objects:
             return None
         out = np.empty((self.index.num_images, 2), dtype=np.int64)
         for i, (w, h) in enumerate(zip(self.index.widths.tolist(), self.index.heights.tolist())):
-            rh, rw = B.smart_resize(h, w, min_pixels=opts.min_pixels, max_pixels=opts.max_pixels)
+            rh, rw = B.smart_resize(h, w, factor=opts.resize_factor, min_pixels=opts.min_pixels, max_pixels=opts.max_pixels)
             out[i] = (rw, rh)
         return out
 
@@ -148,18 +158,23 @@ def detection(objs: Objects, opts: TaskOptions) -> TaskRows:
     return TaskRows("detection", np.arange(idx.num_images), prompts, completions)
 
 
+def detection_prompt(box_format: str, names: list[str], list_categories: bool = False, base: str = DETECTION_PROMPT) -> str:
+    """The detection prompt in the family's own style: Qwen2-VL's plain request, or Qwen's JSON grounding prompt naming the categories."""
+    if get_box_format(box_format).name != "qwen2":
+        return JSON_DETECTION_PROMPT.format(categories=", ".join(names))
+    return base + (" Categories: " + ", ".join(names) + "." if list_categories else "")
+
+
 def _detection_prompts(n: int, opts: TaskOptions, names: list[str]) -> list[str]:
     if opts.detection_prompt == "fixed":
-        prompts = [DETECTION_PROMPT] * n
-    elif opts.detection_prompt == "varied":
-        rng = np.random.default_rng([opts.seed, _TASK_SEED["detection"]])
-        prompts = [DETECTION_PARAPHRASES[k] for k in rng.integers(0, len(DETECTION_PARAPHRASES), n).tolist()]
-    else:
+        return [detection_prompt(opts.box_format, names, opts.list_categories)] * n
+    if opts.detection_prompt != "varied":
         raise ValueError(f"detection_prompt must be 'fixed' or 'varied', got {opts.detection_prompt!r}.")
-    if opts.list_categories:
-        suffix = " Categories: " + ", ".join(names) + "."
-        prompts = [p + suffix for p in prompts]
-    return prompts
+    if get_box_format(opts.box_format).name != "qwen2":
+        return [detection_prompt(opts.box_format, names)] * n
+    rng = np.random.default_rng([opts.seed, _TASK_SEED["detection"]])
+    choices = [detection_prompt(opts.box_format, names, opts.list_categories, base) for base in DETECTION_PARAPHRASES]
+    return [choices[k] for k in rng.integers(0, len(choices), n).tolist()]
 
 
 def count(objs: Objects, opts: TaskOptions) -> TaskRows:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import colorsys
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -95,3 +96,20 @@ def visualize_records(records: list[dict], out_dir: str | os.PathLike, limit: in
     grid_path = out / "grid.png"
     grid(drawn, columns).save(grid_path)
     return paths + [grid_path]
+
+
+@dataclass
+class VisualizeArguments:
+    """``qid visualize``: which predictions to draw, and where."""
+
+    predictions: str = field(metadata={"help": "Predictions JSONL written by qid predict.", "positional": True})
+    out: str = field(default="pictures", metadata={"help": "Folder for the PNGs and grid.png."})
+    limit: int = field(default=16, metadata={"help": "How many images to draw."})
+    columns: int | None = field(default=None, metadata={"help": "Columns of the grid (default: square)."})
+
+
+def visualize(args: VisualizeArguments) -> list[Path]:
+    """``qid visualize``: draw truth and predictions of the first images of a predictions file."""
+    from .evaluation import read_predictions
+
+    return visualize_records(read_predictions(args.predictions), args.out, limit=args.limit, columns=args.columns)
