@@ -91,8 +91,29 @@ def _splits(summary: dict[str, dict]) -> list[str]:
     return seen
 
 
-def model_card(folder: str | os.PathLike, kind: str, recipe: dict | None = None, report: dict | None = None) -> Path:
-    """Write README.md for an adapter or merged model folder from its qid config, recipe and report."""
+MODEL_KINDS = ("adapter", "model")
+
+
+def check_model_folder(folder: str | os.PathLike, kind: str) -> Path:
+    """The folder, if it holds what ``kind`` needs (adapter: adapter_config.json + weights; model: config.json + weights)."""
+    path = Path(folder)
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}.")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such folder; pass the folder written by qid train (adapter) or qid merge (model).")
+    config = "adapter_config.json" if kind == "adapter" else "config.json"
+    weights = [p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin")]
+    missing = [name for name, ok in ((config, (path / config).is_file()), ("weights (*.safetensors or *.bin)", bool(weights))) if not ok]
+    if missing:
+        hint = " It looks like an adapter: use 'qid push adapter'." if kind == "model" and (path / "adapter_config.json").is_file() else ""
+        raise ValueError(f"{path}: not a {kind} folder, it has no {' and no '.join(missing)}.{hint} Pass the folder written by "
+                         f"{'qid train (with LoRA)' if kind == 'adapter' else 'qid merge or qid train --use_peft false'}.")
+    return path
+
+
+def model_card(folder: str | os.PathLike, kind: str, recipe: dict | None = None, report: dict | None = None,
+               out_dir: str | os.PathLike | None = None) -> Path:
+    """Write README.md for an adapter or merged model folder (into ``out_dir``, default the folder) from its qid config, recipe and report."""
     from .evaluation import markdown_table
     from .modeling import QidModelConfig
 
@@ -117,8 +138,10 @@ def model_card(folder: str | os.PathLike, kind: str, recipe: dict | None = None,
                  f"COCO mAP (pycocotools): AP {m.get('AP', 0):.3f}, AP50 {m.get('AP50', 0):.3f}, AP75 {m.get('AP75', 0):.3f}", ""]
     else:
         body += ["## Evaluation", "", "Not evaluated yet: run `qid predict` and `qid evaluate`.", ""]
-    (out / "README.md").write_text("\n".join(yaml + [""] + body))
-    return out / "README.md"
+    target = Path(out_dir) if out_dir is not None else out
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "README.md").write_text("\n".join(yaml + [""] + body))
+    return target / "README.md"
 
 
 def merge(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, base_model: str | None = None) -> Path:
@@ -134,14 +157,21 @@ def merge(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, base_model
     return out
 
 
-def upload(folder: str | os.PathLike, repo_id: str, repo_type: str = "model", private: bool = True, commit_message: str | None = None) -> str:
-    """Create the repo if needed and upload the folder: the only network call of the library."""
-    from huggingface_hub import HfApi
+def upload(folder: str | os.PathLike, repo_id: str, repo_type: str = "model", private: bool = True, commit_message: str | None = None,
+           extra_files: dict[str, str | os.PathLike] | None = None) -> str:
+    """Create the repo if needed and upload the folder (plus ``extra_files``: path in repo -> local file) in one commit.
+
+    The only network call of the library; the token comes from the usual login and is never read or written here.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     if repo_type not in ("model", "dataset"):
         raise ValueError(f"repo_type must be 'model' or 'dataset', got {repo_type!r}.")
-    api = HfApi()  # token from the usual login; never read or written here
+    root = Path(folder)
+    files = {str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
+    files.update({name: Path(path) for name, path in (extra_files or {}).items()})
+    api = HfApi()
     api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type,
-                             commit_message=commit_message or "Upload with qwen_instruct_det")
+    info = api.create_commit(repo_id=repo_id, repo_type=repo_type, commit_message=commit_message or "Upload with qwen_instruct_det",
+                             operations=[CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()])
     return str(getattr(info, "commit_url", info))
