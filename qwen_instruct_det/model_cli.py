@@ -95,33 +95,43 @@ class PushArguments:
     kind: str = field(metadata={"help": "'dataset', 'adapter' or 'model'.", "positional": True})
     source: str = field(metadata={"help": "dataset: a COCO-layout folder; adapter/model: the folder to publish.", "positional": True})
     repo_id: str | None = field(default=None, metadata={"help": "user/name on the Hub (omit with --dry_run)."})
-    folder: str | None = field(default=None, metadata={"help": "Where to build the upload folder (dataset only; default: a temporary one)."})
+    folder: str | None = field(default=None, metadata={"help": "Where to build the dataset folder or stage the model card (default: a temporary folder)."})
     report: str | None = field(default=None, metadata={"help": "report.json from qid evaluate, for the model card."})
     private: bool = field(default=True, metadata={"help": "Create the repo private."})
     dry_run: bool = field(default=False, metadata={"help": "Build the folder and cards, upload nothing."})
 
 
 def push(args: PushArguments) -> dict:
-    """Build the exact folder that would be uploaded (cards included), then upload it unless --dry_run."""
+    """Build the exact folder that would be uploaded (cards included), then upload it unless --dry_run.
+
+    For an adapter or a model the card is written to ``--folder`` (default: a temporary folder), never
+    into the source folder, and uploaded beside the source's files in one commit.
+    """
     import tempfile
 
-    from .hub import dataset_folder, model_card, upload
+    from .hub import check_model_folder, dataset_folder, model_card, upload
 
     if args.kind not in ("dataset", "adapter", "model"):
         raise ValueError(f"kind must be 'dataset', 'adapter' or 'model', got {args.kind!r}.")
     if not args.dry_run and not args.repo_id:
         raise ValueError("--repo_id is required to upload (or pass --dry_run to only build the folder).")
+    staging = Path(args.folder or tempfile.mkdtemp(prefix=f"qid_{args.kind}_"))
+    extra: dict[str, Path] = {}
     if args.kind == "dataset":
-        folder = Path(args.folder or tempfile.mkdtemp(prefix="qid_dataset_"))
-        dataset_folder(folder, data_dir=args.source)
+        folder = dataset_folder(staging, data_dir=args.source)
         repo_type = "dataset"
     else:
-        folder = Path(args.source)
+        folder = check_model_folder(args.source, args.kind)
+        if staging.resolve() == folder.resolve():
+            raise ValueError(f"--folder {staging} is the source folder; the card is staged elsewhere so the source stays as it is.")
         report = json.loads(Path(args.report).read_text()) if args.report else None
         recipe_path = folder / "training_args.json"
-        model_card(folder, args.kind, recipe=json.loads(recipe_path.read_text()) if recipe_path.is_file() else None, report=report)
+        card = model_card(folder, args.kind, recipe=json.loads(recipe_path.read_text()) if recipe_path.is_file() else None, report=report,
+                          out_dir=staging)
+        extra = {"README.md": card}
         repo_type = "model"
-    result = {"folder": str(folder), "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())}
+    files = sorted({str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} | set(extra))
+    result = {"folder": str(folder), "card": str(extra.get("README.md", Path(folder) / "README.md")), "files": files}
     if not args.dry_run:
-        result["url"] = upload(folder, args.repo_id, repo_type=repo_type, private=args.private)
+        result["url"] = upload(folder, args.repo_id, repo_type=repo_type, private=args.private, extra_files=extra)
     return result
