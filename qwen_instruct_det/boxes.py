@@ -1,7 +1,7 @@
 """Box math shared by every stage: conversions, the 0-1000 grid, IoU, visible fraction.
 
 All functions take and return numpy arrays of shape ``(..., 4)`` and are vectorised; no
-other module re-implements any of this. Pixel boxes are ``xyxy`` floats; ``grid``
+other module re-implements any of this (EXIF orientation of boxes included). Pixel boxes are ``xyxy`` floats; ``grid``
 coordinates are integers on Qwen2-VL's 0-1000 grid. This module knows nothing about
 text, datasets or models.
 """
@@ -44,6 +44,50 @@ def _sizes(width, height) -> np.ndarray:
     width = np.asarray(width, dtype=np.float64)
     height = np.asarray(height, dtype=np.float64)
     return np.stack([width, height, width, height], axis=-1)
+
+
+# EXIF orientation 1-8 as "transpose (swap x and y), then flip x, then flip y" in the displayed
+# frame; index 0 is unused. This is what PIL.ImageOps.exif_transpose (and so datasets) does.
+_EXIF_SWAP = np.array([False, False, False, False, False, True, True, True, True])
+_EXIF_FLIP_X = np.array([False, False, True, True, False, False, True, True, False])
+_EXIF_FLIP_Y = np.array([False, False, False, True, True, False, False, True, True])
+
+
+def _orientations(orientation) -> np.ndarray:
+    o = np.asarray(orientation)
+    if o.size and (not np.issubdtype(o.dtype, np.integer) or o.min() < 1 or o.max() > 8):
+        raise ValueError(f"EXIF orientations are integers 1-8, got {np.unique(o)[:10].tolist()}; map a missing or invalid tag to 1.")
+    return o.astype(np.int64)
+
+
+def oriented_size(width, height, orientation) -> tuple[np.ndarray, np.ndarray]:
+    """The displayed ``(width, height)`` of images stored ``width x height`` with these EXIF orientations."""
+    swap = _EXIF_SWAP[_orientations(orientation)]
+    width, height = np.asarray(width), np.asarray(height)
+    return np.where(swap, height, width), np.where(swap, width, height)
+
+
+def orient_boxes(xyxy: np.ndarray, orientation, width, height) -> np.ndarray:
+    """Pixel xyxy boxes on the stored grid (``width x height``) to the EXIF-oriented, displayed grid.
+
+    ``orientation``, ``width`` and ``height`` are scalars or one value per box.
+    """
+    o = _orientations(orientation)
+    b = np.asarray(xyxy, dtype=np.float64)
+    swap, flip_x, flip_y = _EXIF_SWAP[o], _EXIF_FLIP_X[o], _EXIF_FLIP_Y[o]
+    width, height = np.asarray(width, dtype=np.float64), np.asarray(height, dtype=np.float64)
+    out_w, out_h = np.where(swap, height, width), np.where(swap, width, height)
+    x1, y1 = np.where(swap, b[..., 1], b[..., 0]), np.where(swap, b[..., 0], b[..., 1])
+    x2, y2 = np.where(swap, b[..., 3], b[..., 2]), np.where(swap, b[..., 2], b[..., 3])
+    return np.stack(
+        [
+            np.where(flip_x, out_w - x2, x1),
+            np.where(flip_y, out_h - y2, y1),
+            np.where(flip_x, out_w - x1, x2),
+            np.where(flip_y, out_h - y1, y2),
+        ],
+        axis=-1,
+    )
 
 
 def to_grid(boxes: np.ndarray, width, height) -> np.ndarray:

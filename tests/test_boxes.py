@@ -81,3 +81,57 @@ def test_smart_resize_matches_transformers(size):
             B.smart_resize(h, w)
         return
     assert B.smart_resize(h, w) == tuple(expected)
+
+
+def _pil_landing(stored_w, stored_h, box, orientation):
+    """Where PIL's exif_transpose puts a filled rectangle drawn on the stored pixels: (xyxy, displayed size)."""
+    from PIL import Image, ImageOps
+
+    x1, y1, x2, y2 = box
+    pixels = np.zeros((stored_h, stored_w), dtype=np.uint8)
+    pixels[y1:y2, x1:x2] = 255
+    img = Image.fromarray(pixels)
+    img.getexif()[0x0112] = orientation  # the cached Exif that exif_transpose reads
+    shown = np.asarray(ImageOps.exif_transpose(img))
+    ys, xs = np.nonzero(shown)
+    return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], (shown.shape[1], shown.shape[0])
+
+
+def test_orient_boxes_lands_where_pil_exif_transpose_puts_the_pixels():
+    # every orientation, several boxes and two stored sizes, all transformed in one vectorised call
+    sizes = [(13, 7), (6, 11)]
+    rects = [(0, 0, 3, 2), (2, 1, 6, 5), (4, 3, 6, 7), (1, 5, 2, 6)]
+    cases = [(o, w, h, r) for o in range(1, 9) for w, h in sizes for r in rects]
+    o = np.array([c[0] for c in cases])
+    w = np.array([c[1] for c in cases])
+    h = np.array([c[2] for c in cases])
+    got = B.orient_boxes(np.array([c[3] for c in cases], dtype=float), o, w, h)
+    shown_w, shown_h = B.oriented_size(w, h, o)
+    for k, (orientation, sw, sh, rect) in enumerate(cases):
+        expected, (ew, eh) = _pil_landing(sw, sh, rect, orientation)
+        assert got[k].tolist() == expected, (orientation, sw, sh, rect)
+        assert (shown_w[k], shown_h[k]) == (ew, eh), orientation
+
+
+def test_orientation_size_and_scalar_forms():
+    assert [tuple(int(v) for v in B.oriented_size(640, 427, o)) for o in range(1, 9)] == [(640, 427)] * 4 + [(427, 640)] * 4
+    # orientation 6 (rotate 90 degrees clockwise): the stored top-left corner goes to the top-right
+    assert B.orient_boxes(np.array([0.0, 0.0, 10.0, 20.0]), 6, 640, 427).tolist() == [407.0, 0.0, 427.0, 10.0]
+    with pytest.raises(ValueError, match="1-8"):
+        B.orient_boxes(np.zeros((1, 4)), 9, 10, 10)
+
+
+_INVERSE = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(coords, coords, coords, coords), min_size=1, max_size=5),
+       st.lists(st.integers(1, 8), min_size=5, max_size=5), st.integers(1, 4000), st.integers(1, 4000))
+def test_orient_boxes_inverse_round_trip(raw, orients, width, height):
+    boxes = B.clip(np.sort(np.array(raw).reshape(-1, 2, 2), axis=1).reshape(-1, 4), width, height)
+    o = np.array(orients[: len(boxes)])
+    shown = B.orient_boxes(boxes, o, width, height)
+    shown_w, shown_h = B.oriented_size(width, height, o)
+    assert np.all(B.area(shown) == pytest.approx(B.area(boxes)))
+    back = B.orient_boxes(shown, np.array([_INVERSE[v] for v in o.tolist()]), shown_w, shown_h)
+    assert np.allclose(back, boxes)
