@@ -5,7 +5,9 @@ This is the data of the demo and of every test. Images are real JPEGs drawn with
 occluding each other); the annotation file has the real format's quirks: non-contiguous
 category ids, float ``xywh`` boxes, polygon and RLE segmentations, ``iscrowd`` regions
 and images with no objects. :func:`make_annotations` alone builds a COCO-scale file
-without drawing, for benchmarks.
+without drawing, for benchmarks. Optionally some images are stored as cameras store photos:
+pixels in the sensor's frame plus an EXIF orientation tag, with the JSON describing either
+the stored pixels (COCO's convention) or the upright picture (annotation tools' exports).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ CATEGORIES = [
     {"id": 8, "name": "diamond", "supercategory": "shape"},
     {"id": 11, "name": "plus sign", "supercategory": "shape"},
 ]
+EXIF_ORIENTATION = 0x0112
+# PIL transposes that store an upright picture so that ImageOps.exif_transpose shows it upright again
+_STORE_FOR_ORIENTATION = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_90", 7: "TRANSVERSE", 8: "ROTATE_270"}
 COLOURS = [(220, 40, 40), (40, 160, 60), (40, 80, 220), (230, 180, 30), (150, 60, 180), (20, 170, 190), (240, 120, 30)]
 
 
@@ -46,15 +51,23 @@ class SynthOptions:
     max_iou: float = 0.2  # overlapping objects are allowed, hidden ones are not
     categories: int = len(CATEGORIES)
     colour_by_class: bool = False  # one colour per class (easier), instead of any colour for any shape
+    exif_fraction: float = 0.0  # store this fraction of images with an EXIF orientation tag (0: files as before)
+    exif_orientations: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)  # drawn from uniformly for those images
+    exif_json_frame: str = "stored"  # what their JSON size and boxes describe: "stored" pixels or the "displayed" picture
 
 
 def make_annotations(n_images: int, seed: int = 0, options: SynthOptions | None = None, first_id: int = 1) -> dict:
     """A COCO-format annotation dict for ``n_images`` synthetic images (nothing is drawn).
 
     Each annotation carries ``"_shape"`` and ``"_colour"``; :func:`draw_image` uses them and
-    :func:`write_split` strips them before writing.
+    :func:`write_split` strips them before writing. With ``exif_fraction``, images also carry
+    ``"_orientation"`` (EXIF 2-8) and ``"_frame"`` (``exif_json_frame``), used by :func:`write_split`.
     """
     opt = options or SynthOptions()
+    if opt.exif_json_frame not in ("stored", "displayed"):
+        raise ValueError(f"exif_json_frame={opt.exif_json_frame!r}: choose 'stored' or 'displayed'.")
+    if not set(opt.exif_orientations) <= set(range(2, 9)):
+        raise ValueError(f"exif_orientations={opt.exif_orientations!r}: EXIF orientations that change the picture are 2-8.")
     rng = np.random.default_rng(seed)
     cats = CATEGORIES[: opt.categories]
     images, anns = [], []
@@ -92,6 +105,14 @@ def make_annotations(n_images: int, seed: int = 0, options: SynthOptions | None 
             anns.append(_annotation(ann_id, image_id, cats[0]["id"], box, crowd=True, size=(h, w)))
             anns[-1]["_colour"] = int(rng.integers(len(COLOURS)))
             ann_id += 1
+    if opt.exif_fraction > 0:
+        # a generator of its own, so that the rest of the data is the same with or without EXIF tags
+        exif_rng = np.random.default_rng([seed, EXIF_ORIENTATION])
+        tagged = exif_rng.random(n_images) < opt.exif_fraction
+        orientations = exif_rng.choice(np.asarray(opt.exif_orientations), size=n_images)
+        for image, tag, orientation in zip(images, tagged, orientations):
+            if tag:
+                image["_orientation"], image["_frame"] = int(orientation), opt.exif_json_frame
     return {
         "info": {"description": "qwen_instruct_det synthetic shapes", "version": "1.0", "year": 2026},
         "licenses": [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
@@ -194,7 +215,7 @@ def write_split(out_dir: str | os.PathLike, split: str, data: dict, seed: int = 
             by_image.setdefault(ann["image_id"], []).append(ann)
         for image in data["images"]:
             img = draw_image(image, by_image.get(image["id"], []), seed=seed * 1_000_003 + image["id"])
-            img.save(image_dir / image["file_name"], quality=90)
+            _save(img, image_dir / image["file_name"], image.get("_orientation", 1), image.get("_frame", "stored"))
     clean = dict(data)
     clean["images"] = [{k: v for k, v in im.items() if not k.startswith("_")} for im in data["images"]]
     clean["annotations"] = [{k: v for k, v in a.items() if not k.startswith("_")} for a in data["annotations"]]
@@ -202,6 +223,20 @@ def write_split(out_dir: str | os.PathLike, split: str, data: dict, seed: int = 
     with open(path, "w") as f:
         json.dump(clean, f)
     return path
+
+
+def _save(img, path: Path, orientation: int, frame: str) -> None:
+    """Save a JPEG; with an EXIF orientation, ``img`` is the picture in the JSON's frame (stored or displayed)."""
+    if orientation == 1:
+        img.save(path, quality=90)
+        return
+    from PIL import Image
+
+    if frame == "displayed":
+        img = img.transpose(Image.Transpose[_STORE_FOR_ORIENTATION[orientation]])
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    img.save(path, quality=90, exif=exif)
 
 
 def make_synthetic_coco(
