@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 from datasets.builder import Key
 
-from . import coco
+from . import coco, images
 from .formats import BOX_FORMATS
 from .tasks import TASK_DESCRIPTIONS, TASKS, Objects, TaskOptions, TaskRows, generate
 
@@ -68,7 +68,15 @@ class QwenInstructDetConfig(TaskOptions, datasets.BuilderConfig):
     subset: int | None = field(default=None, metadata={"help": "A seeded random subset of N images per split."})
     categories: list[str] | None = field(default=None, metadata={"help": "Keep only these category names."})
     keep_empty: bool = field(default=True, metadata={"help": "Keep images with no (non-crowd) objects; their targets say there are none."})
-    check_files: bool = field(default=True, metadata={"help": "Check that every image file exists before building."})
+    check_files: bool = field(default=True, metadata={
+        "help": "Read every image's header (existence, size, EXIF orientation) so rows describe the decoded image; "
+                "false trusts the JSON's sizes and reads no image."})
+    exif_frame: str = field(default="stored", metadata={
+        "help": "Which frame the boxes of EXIF-oriented photos were drawn on when their JSON size cannot tell (mirrors, 180-degree "
+                "turns, square images): 'stored' pixels (COCO's convention) or the 'displayed' picture (browser annotation tools)."})
+    on_size_mismatch: str = field(default="error", metadata={
+        "help": "An image whose JSON size matches neither its stored nor its displayed size: 'error' or 'rescale' its boxes."})
+    verify_images: bool = field(default=False, metadata={"help": "Decode every image during the build and name the unreadable ones."})
     source_fingerprint: str | None = field(default=None, metadata={"help": "Set by the builder: a hash of the annotation files' content.",
                                                                     "internal": True})
 
@@ -302,7 +310,7 @@ def file_digest(path: str | os.PathLike) -> str:
 
 def prepare_index(annotation_file: str, image_dir: str, cfg: QwenInstructDetConfig) -> coco.CocoIndex:
     """Load (cached) and filter one split's index as the config asks: categories, empty images, subset."""
-    index = _load_cached(annotation_file, image_dir, cfg.check_files)
+    index = _load_cached(annotation_file, image_dir, cfg)
     if cfg.categories:
         index = index.select_categories(list(cfg.categories))
     if not cfg.keep_empty:
@@ -322,14 +330,24 @@ _CACHE: OrderedDict[tuple, coco.CocoIndex] = OrderedDict()
 _CACHE_SIZE = 4  # a build reads train and val (and test); a COCO-train index is a few hundred MB
 
 
-def _load_cached(annotation_file: str, image_dir: str, check_files: bool) -> coco.CocoIndex:
-    """The index of one annotation file, loaded once per process and content (least recently used dropped first)."""
+def _load_cached(annotation_file: str, image_dir: str, cfg: QwenInstructDetConfig) -> coco.CocoIndex:
+    """The index of one annotation file, in the decoded images' frame, loaded once per process and content.
+
+    With ``check_files`` every image's header is read (in parallel) so that sizes and boxes describe
+    the picture ``datasets`` decodes (EXIF orientation applied); the least recently used entry is dropped first.
+    """
+    options = (cfg.check_files, cfg.exif_frame, cfg.on_size_mismatch, cfg.verify_images)
     key = (os.path.abspath(annotation_file), file_digest(annotation_file) if os.path.isfile(annotation_file) else None,
-           os.path.abspath(image_dir), check_files)
+           os.path.abspath(image_dir), options)
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    index = coco.load_coco(annotation_file, image_dir, check_files=check_files)
+    index = coco.load_coco(annotation_file, image_dir, check_files=cfg.check_files)
+    if cfg.check_files:
+        index, frames = images.orient_index(index, exif_frame=cfg.exif_frame, on_mismatch=cfg.on_size_mismatch)
+        index.skipped.update(frames)
+        if cfg.verify_images:
+            images.verify_images(index.image_paths())
     _CACHE[key] = index
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)

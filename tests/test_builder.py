@@ -288,3 +288,47 @@ def test_each_annotation_file_is_read_once_per_build(shapes_dir, tmp_path, monke
         b = QwenInstructDet(config_name=name, data_dir=str(shapes_dir), cache_dir=str(tmp_path))
         b.download_and_prepare()
     assert sorted(calls) == ["instances_train2017.json", "instances_val2017.json"]
+
+
+@pytest.mark.parametrize("json_frame", ["stored", "displayed"])
+def test_rows_describe_the_decoded_image_of_exif_photos(tmp_path, json_frame):
+    """Photos with an EXIF orientation: width/height are the decoded size and each box covers its drawn shape there."""
+    from qwen_instruct_det import make_synthetic_coco
+    from qwen_instruct_det.synthetic import SynthOptions
+
+    opts = SynthOptions(min_size=90, max_size=150, empty_fraction=0, crowd_fraction=0, textured_fraction=0, colour_by_class=True,
+                        exif_fraction=0.7, exif_json_frame=json_frame)
+    data = make_synthetic_coco(tmp_path / "exif", train=24, val=0, seed=5, options=opts)
+    builder = QwenInstructDet(config_name="detection", data_dir=str(data), cache_dir=str(tmp_path / "c"), exif_frame=json_frame)
+    builder.download_and_prepare()
+    ds = builder.as_dataset(split="train")
+    turned = 0
+    for row in ds:
+        image = row["images"][0]
+        assert image.size == (row["width"], row["height"])
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+        for obj in row["objects"]:
+            x1, y1, x2, y2 = (int(round(v)) for v in obj["bbox"])
+            cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+            inside = pixels[cy - 1 : cy + 2, cx - 1 : cx + 2].reshape(-1, 3).mean(axis=0)
+            assert np.abs(inside - pixels[0, 0]).sum() > 60, (row["image_id"], obj)  # the shape's colour, not the background
+    counts = builder.skipped["train"]
+    turned = sum(v for k, v in counts.items() if k.startswith("exif_"))
+    assert turned >= 8, counts
+
+
+def test_an_image_whose_size_matches_neither_frame_stops_the_build(shapes_dir, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(shapes_dir, root)
+    ann = root / "annotations" / "instances_train2017.json"
+    content = json.loads(ann.read_text())
+    content["images"][2]["width"] += 7
+    ann.write_text(json.dumps(content))
+    builder = QwenInstructDet(config_name="count", data_dir=str(root), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match=content["images"][2]["file_name"]):
+        builder.download_and_prepare()
+    rescaled = QwenInstructDet(config_name="count", data_dir=str(root), cache_dir=str(tmp_path / "c"), on_size_mismatch="rescale")
+    rescaled.download_and_prepare()
+    assert rescaled.skipped["train"]["size_rescaled"] == 1
