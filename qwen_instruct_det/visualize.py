@@ -38,7 +38,9 @@ def _font(size: int):
 def draw_detections(image: Image.Image | str | os.PathLike, truth: dict | None = None, prediction: dict | None = None,
                     min_side: int = 384) -> Image.Image:
     """The image (upscaled so its short side is at least ``min_side``) with truth and predicted boxes."""
-    img = Image.open(image) if not isinstance(image, Image.Image) else image
+    from .images import open_image
+
+    img = open_image(image) if not isinstance(image, Image.Image) else image
     img = img.convert("RGB")
     scale = max(1.0, min_side / min(img.size))
     if scale > 1.0:

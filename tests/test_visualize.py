@@ -1,0 +1,20 @@
+"""Pictures show the image the model saw: EXIF orientation applied before boxes are drawn."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from qwen_instruct_det.visualize import draw_detections
+
+
+def test_boxes_are_drawn_on_the_displayed_frame(tmp_path):
+    stored = Image.new("RGB", (200, 100), (255, 255, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed turned 90 degrees clockwise: 100 wide, 200 tall
+    path = tmp_path / "turned.jpg"
+    stored.save(path, exif=exif)
+    truth = {"boxes": [[10, 150, 90, 190]], "labels": ["cat"]}  # near the bottom of the displayed picture
+    picture = draw_detections(path, truth=truth, min_side=100)
+    assert picture.size == (100, 200)
+    pixels = picture.load()
+    assert pixels[10, 170] != (255, 255, 255)  # the box's left edge, in the displayed frame
