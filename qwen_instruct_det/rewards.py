@@ -1,0 +1,155 @@
+"""Verifiable rewards for reinforcement fine-tuning (TRL's ``GRPOTrainer``) on detection rows.
+
+Each reward is a TRL reward function ``f(prompts, completions, **columns) -> list[float]``:
+TRL calls it with the generated ``completions`` (conversational: one assistant message per
+completion), their ``completion_ids``, and every other dataset column as a list, so the
+builder's ``objects`` (pixel ``bbox`` + ``category``), ``width`` and ``height`` arrive as
+keywords. Answers are read with the library's one parser (``formats``) and scored with its
+one matching (``matching.match``, per image and class); nothing here re-implements either.
+
+- :func:`detection_reward` with ``kind="f1"`` (F1 at the IoU threshold), ``"iou"`` (Visual-RFT:
+  sum of matched IoUs / max(n_truth, n_pred)) or ``"map_length"`` (VLM-R1: AP at the threshold,
+  boxes ranked in answer order, times min(1, n_truth / n_pred)). All three lower the reward for
+  a duplicated or extra box: an AP-style reward alone is gamed by redundant boxes.
+- :func:`format_reward`: 1.0 when the answer parses completely and was not cut off.
+
+Both are factories; the function they return carries a ``__name__`` (``detection_f1``,
+``format``, ...), which TRL uses to log ``rewards/<name>/mean`` and ``/std``. This module is
+not a trainer: ``grpo.py`` assembles one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .boxes import smart_resize
+from .formats import NO_OBJECTS, ParseResult, get_box_format
+from .matching import match
+
+KINDS = ("f1", "iou", "map_length")
+
+RewardFunction = Callable[..., list[float]]
+
+
+def completion_text(completion) -> str:
+    """The answer text of one TRL completion: a string, or the last assistant message's text."""
+    if isinstance(completion, str):
+        return completion
+    if not completion:
+        return ""
+    content = completion[-1].get("content", "") if isinstance(completion[-1], dict) else completion[-1]
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}]
+        return "".join(part.get("text") or "" for part in content if isinstance(part, dict))
+    return str(content or "")
+
+
+class _Reader:
+    """Parses a batch of completions against their rows: the one parser, with each row's image size."""
+
+    def __init__(self, box_format: str, categories: Sequence[str] | None, min_pixels: int | None, max_pixels: int | None,
+                 factor: int | None):
+        self.fmt = get_box_format(box_format)
+        self.categories = list(categories or [])
+        budget = (min_pixels, max_pixels, factor)
+        if any(v is not None for v in budget) and any(v is None for v in budget):
+            raise ValueError(f"give all of min_pixels, max_pixels and factor (the processor's patch size x merge size) or none; got {budget}.")
+        self.budget = None if budget[0] is None else budget
+
+    def input_size(self, width: int, height: int, given) -> tuple[int, int] | None:
+        if not self.fmt.needs_input_size:
+            return None
+        if given is not None:
+            return int(given[0]), int(given[1])
+        if self.budget is None:
+            raise ValueError(f"box format {self.fmt.name!r} reads pixels of the processor-resized image: give the rows an input_size "
+                             "column (width, height) or pass min_pixels, max_pixels and factor to the reward factory.")
+        min_pixels, max_pixels, factor = self.budget
+        h, w = smart_resize(int(height), int(width), factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+        return w, h
+
+    def parse(self, completions, width, height, objects=None, input_size=None) -> list[ParseResult]:
+        sizes = input_size if input_size is not None else [None] * len(completions)
+        results = []
+        for k, completion in enumerate(completions):
+            truth_names = [o["category"] for o in objects[k]] if objects is not None else []
+            categories = self.categories + [c for c in dict.fromkeys(truth_names) if c not in self.categories]
+            size = self.input_size(width[k], height[k], sizes[k])
+            results.append(self.fmt.parse(completion_text(completion), int(width[k]), int(height[k]), size, categories or None))
+        return results
+
+
+def _truth(objects: list[dict]) -> dict:
+    return {"boxes": [o["bbox"] for o in objects], "labels": [o["category"] for o in objects]}
+
+
+def _average_precision(hits: np.ndarray, n_truth: int) -> float:
+    """All-point interpolated AP of one ranked list of hits (True = a true positive) against ``n_truth`` boxes."""
+    tp = np.cumsum(hits)
+    precision = tp / np.arange(1, len(hits) + 1)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]  # best precision at this recall or beyond
+    return float(envelope[hits].sum() / n_truth)
+
+
+def _score(parsed: ParseResult, objects: list[dict], kind: str, iou_threshold: float) -> float:
+    n_pred, n_truth = len(parsed.labels), len(objects)
+    if n_pred == 0 or n_truth == 0:
+        return 1.0 if n_pred == n_truth else 0.0
+    result = match([{"boxes": parsed.boxes, "labels": parsed.labels}], [_truth(objects)], iou_threshold)
+    tp = int(result.pred_matched.sum())
+    if kind == "f1":
+        return 2.0 * tp / (n_pred + n_truth)
+    if kind == "iou":
+        return float(result.match_iou.sum()) / max(n_truth, n_pred)
+    return _average_precision(result.pred_matched, n_truth) * min(1.0, n_truth / n_pred)
+
+
+def detection_reward(box_format: str = "qwen2", iou_threshold: float = 0.5, kind: str = "f1", categories: Sequence[str] | None = None,
+                     min_pixels: int | None = None, max_pixels: int | None = None, factor: int | None = None) -> RewardFunction:
+    """A TRL reward function scoring each answer's boxes against the row's ``objects`` (0..1; named ``detection_<kind>``).
+
+    ``categories`` (the data set's names) map answer labels to the data set's spelling; the
+    row's own category names are always known. ``qwen2_5`` answers need the processor-resized
+    size: an ``input_size`` column, or the processor's ``min_pixels``, ``max_pixels`` and
+    ``factor`` here. Empty truth and empty answer score 1.0; one empty and not the other, 0.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"detection reward kind must be one of {KINDS}, got {kind!r}.")
+    if not 0 < iou_threshold <= 1:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}.")
+    reader = _Reader(box_format, categories, min_pixels, max_pixels, factor)
+
+    def reward(prompts, completions, objects, width, height, input_size=None, **columns) -> list[float]:
+        parsed = reader.parse(completions, width, height, objects, input_size)
+        return [_score(p, obj, kind, iou_threshold) for p, obj in zip(parsed, objects)]
+
+    reward.__name__ = reward.__qualname__ = f"detection_{kind}"
+    return reward
+
+
+def format_reward(box_format: str = "qwen2", end_token_ids: Sequence[int] | None = None, dataset: str = "COCO",
+                  min_pixels: int | None = None, max_pixels: int | None = None, factor: int | None = None) -> RewardFunction:
+    """A TRL reward function (named ``format``): 1.0 for an answer that parses completely and was not cut off, else 0.
+
+    Parses completely: no unparsed fragment, no box dropped as empty, and at least one box
+    unless the answer is the "no objects" sentence (``dataset`` fills its ``{dataset}``).
+    Cut off: with ``end_token_ids`` (the tokenizer's end-of-turn, eos and pad ids), an answer
+    whose ``completion_ids`` do not end with one of them; TRL decodes answers without those
+    tokens, so the text alone cannot show a cut at a box boundary.
+    """
+    reader = _Reader(box_format, None, min_pixels, max_pixels, factor)
+    ends = set(int(i) for i in end_token_ids) if end_token_ids is not None else None
+    empty_answer = " ".join(NO_OBJECTS.format(dataset=dataset).split())
+
+    def reward(prompts, completions, width, height, completion_ids=None, input_size=None, **columns) -> list[float]:
+        parsed = reader.parse(completions, width, height, None, input_size)
+        scores = []
+        for k, (p, completion) in enumerate(zip(parsed, completions)):
+            cut = ends is not None and completion_ids is not None and (not completion_ids[k] or completion_ids[k][-1] not in ends)
+            readable = len(p.labels) > 0 or " ".join(completion_text(completion).split()) == empty_answer
+            scores.append(1.0 if readable and p.unparsed == 0 and p.dropped == 0 and not cut else 0.0)
+        return scores
+
+    reward.__name__ = reward.__qualname__ = "format"
+    return reward
