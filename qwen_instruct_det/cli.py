@@ -50,6 +50,7 @@ def _commands() -> dict[str, Command]:
 
 _TRL_COMMANDS = {
     "train": ("qwen_instruct_det.training", "Fine-tune with TRL SFTTrainer + PEFT LoRA (flags or --config recipe.yaml; see qid train --help)."),
+    "grpo": ("qwen_instruct_det.grpo", "Reinforcement fine-tuning with TRL GRPOTrainer and detection rewards (see qid grpo --help)."),
 }
 
 
