@@ -127,3 +127,15 @@ def test_unknown_reward_names_the_choices(sft_folder):
     args, model_args, config = grpo.make_parser().parse_args_and_config(args=_flags(root / "data", sft, root / "x", 1, "--rewards", "accuracy"))
     with pytest.raises(ValueError, match="detection"):
         grpo.make_trainer(args, model_args, config, cache_dir=str(root / "cache"))
+
+
+def test_grpo_recipe_parses_and_flags_override():
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "grpo_recipe.yaml"
+    args, model_args, config = grpo.make_parser().parse_args_and_config(
+        args=["--config", str(recipe), "--detection_kind", "map_length", "--use_cpu", "true"])
+    assert args.rewards == ["detection", "format"] and args.detection_kind == "map_length" and args.trainable_parts() == ["language_model"]
+    assert (config.use_vllm, config.vllm_mode, config.num_generations, config.beta) == (True, "colocate", 8, 0.04)
+    assert config.reward_weights == [1.0, 1.0] and config.mask_truncated_completions and config.bf16
+    assert (model_args.use_peft, model_args.lora_r) == (True, 32)
