@@ -22,7 +22,16 @@ CPU = ["--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "fals
        "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--logging_steps", "1", "--seed", "0"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: these models are too small to gain from two, and on a busy machine two threads wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def sft_folder(tmp_path_factory):
     """Two 56-px images with one circle each, and the tiny model trained 40 steps on them (a full-model qid train folder)."""
     from trl import ModelConfig, SFTConfig
@@ -54,7 +63,7 @@ def _flags(data_dir, start, out, steps, *extra):
             "--beta", "0.04", *CPU, *extra]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def grpo_adapter(sft_folder):
     """Two GRPO steps from the SFT folder with a new LoRA on the language model; the trainer and its output."""
     root, sft = sft_folder
