@@ -11,7 +11,8 @@ run (evaluation time is not counted): F1@50, precision, recall, COCO AP and AP50
 (``evaluation.evaluate_file``), the duplicate rate (predicted pairs of one label with IoU > 0.9,
 per prediction) and the mean answer length in tokens. For GRPO the reward curves, group reward
 std and KL come from ``trainer.state.log_history``. Prints a table of medians over ``--seeds``
-and writes ``--out`` (JSON) and a PNG learning curve next to it. CPU, offline.
+and writes ``--out`` (JSON) and a PNG learning curve next to it. CPU, offline. On a machine
+other jobs share, ``--threads 1`` is much faster: two torch threads wait on each other there.
 """
 
 from __future__ import annotations
