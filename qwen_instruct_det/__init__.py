@@ -10,7 +10,9 @@ from __future__ import annotations
 from ._registry import register_builder
 from .builder import QwenInstructDet, QwenInstructDetConfig
 from .coco import CocoFormatError, load_coco
+from .evaluation import coco_map
 from .formats import BOX_FORMATS, get_box_format, normalize_label, parse_detections
+from .matching import Detections
 from .synthetic import make_synthetic_coco
 from .tasks import TASKS
 
@@ -19,9 +21,11 @@ __version__ = "0.1.0"
 __all__ = [
     "BOX_FORMATS",
     "CocoFormatError",
+    "Detections",
     "QwenInstructDet",
     "QwenInstructDetConfig",
     "TASKS",
+    "coco_map",
     "get_box_format",
     "load_coco",
     "make_synthetic_coco",

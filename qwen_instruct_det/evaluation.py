@@ -1,7 +1,8 @@
 """Scoring detections: COCO mAP through pycocotools, det_iou50, and the report of a predictions file.
 
 ``coco_map`` builds COCO-format ground truth and results from the same detection dicts
-the metric takes (labels are strings; the mapping to category ids is internal) and runs
+the metric takes, checked the same way (labels are strings compared in canonical form; the
+mapping to category ids is internal) and runs
 pycocotools' ``COCOeval`` unchanged, so crowd regions (``iscrowd``) and areas (``area``,
 when the references carry it) are treated exactly as pycocotools treats them.
 ``evaluate_file`` reads the JSONL that ``qid predict`` writes and returns the full report;
@@ -14,49 +15,55 @@ import contextlib
 import io
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .matching import detection_scores
+from .formats import normalize_label
+from .matching import Detections, check_detections, detection_scores
 
 COCO_STATS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
               "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
 
 
-def coco_map(predictions: list, references: list, categories: list[str] | None = None, max_dets: int = 100) -> dict:
+def coco_map(predictions: Sequence[Detections], references: Sequence[Detections], categories: Sequence[str] | None = None,
+             max_dets: int = 100) -> dict:
     """COCOeval's twelve bbox numbers (AP, AP50, AP75, ...) for detection dicts in pixels.
 
-    ``categories`` fixes the label order (the data set's category-id order); COCOeval
-    averages over categories in that order, so passing it reproduces pycocotools' numbers on
-    the original file to the last digit. Labels outside it are appended in sorted order.
+    Inputs are checked as :func:`~qwen_instruct_det.matching.detection_scores` checks them, and
+    labels are compared in the same canonical form (``normalize_label``). ``categories`` fixes
+    the label order (the data set's category-id order); COCOeval averages over categories in
+    that order, so passing it reproduces pycocotools' numbers on the original file to the last
+    digit. Labels outside it are appended in sorted order.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
+    check_detections(predictions, "predictions")
+    check_detections(references, "references")
     if len(predictions) != len(references):
         raise ValueError(f"got {len(predictions)} predictions and {len(references)} references; give one of each per image.")
-    seen = {str(lab) for r in references for lab in r["labels"]} | {str(lab) for p in predictions for lab in p["labels"]}
-    labels = [str(c) for c in categories or []]
-    labels += sorted(seen - set(labels))
-    cat_id = {name: i + 1 for i, name in enumerate(labels)}
+    cat_id, names = _category_ids(categories or [], [lab for d in (*references, *predictions) for lab in d["labels"]])
     images, gt, dt = [], [], []
     for i, (pred, ref) in enumerate(zip(predictions, references)):
-        image_id = int(ref.get("image_id", i + 1))
+        image_id = int(ref["image_id"]) if ref.get("image_id") is not None else i + 1
         images.append({"id": image_id})
         boxes = np.asarray(ref["boxes"], dtype=np.float64).reshape(-1, 4)
-        crowd = ref.get("iscrowd") or [0] * len(boxes)
+        crowd = ref.get("iscrowd")
+        crowd = np.zeros(len(boxes), dtype=bool) if crowd is None else np.asarray(crowd, dtype=bool)
         areas = ref.get("area")
         for k, (box, label) in enumerate(zip(boxes.tolist(), ref["labels"])):
             w, h = box[2] - box[0], box[3] - box[1]
-            gt.append({"id": len(gt) + 1, "image_id": image_id, "category_id": cat_id[str(label)],
+            gt.append({"id": len(gt) + 1, "image_id": image_id, "category_id": cat_id[label],
                        "bbox": [box[0], box[1], w, h], "area": float(areas[k]) if areas is not None else w * h,
-                       "iscrowd": int(bool(crowd[k]))})
+                       "iscrowd": int(crowd[k])})
         p_boxes = np.asarray(pred["boxes"], dtype=np.float64).reshape(-1, 4)
-        scores = pred.get("scores") or [1.0] * len(p_boxes)
+        scores = pred.get("scores")
+        scores = [1.0] * len(p_boxes) if scores is None else scores
         for box, label, score in zip(p_boxes.tolist(), pred["labels"], scores):
-            dt.append({"image_id": image_id, "category_id": cat_id[str(label)],
+            dt.append({"image_id": image_id, "category_id": cat_id[label],
                        "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": float(score)})
     if len({im["id"] for im in images}) != len(images):
         raise ValueError("references carry repeated image_id values; give each image its own id (or none).")
@@ -64,7 +71,7 @@ def coco_map(predictions: list, references: list, categories: list[str] | None =
         return dict.fromkeys(COCO_STATS, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):
         ground = COCO()
-        ground.dataset = {"images": images, "annotations": gt, "categories": [{"id": v, "name": k} for k, v in cat_id.items()]}
+        ground.dataset = {"images": images, "annotations": gt, "categories": [{"id": k, "name": n} for k, n in enumerate(names, 1)]}
         ground.createIndex()
         results = ground.loadRes(dt)
         ev = COCOeval(ground, results, "bbox")
@@ -73,6 +80,24 @@ def coco_map(predictions: list, references: list, categories: list[str] | None =
         ev.accumulate()
         ev.summarize()
     return {name: float(v) for name, v in zip(COCO_STATS, ev.stats)}
+
+
+def _category_ids(categories: Sequence[str], labels: list[str]) -> tuple[dict[str, int], list[str]]:
+    """Label (any spelling) -> COCO category id, ``categories`` first in their order, then other labels sorted; and the names by id."""
+    ids: dict[str, int] = {}
+    names: list[str] = []
+    for name in categories:
+        key = normalize_label(name)
+        if key in ids:
+            raise ValueError(f"categories name {key!r} twice ({name!r} is another spelling); give each category once.")
+        ids[key] = len(names) + 1
+        names.append(str(name))
+    spellings = {label: normalize_label(label) for label in dict.fromkeys(labels)}
+    first = {key: label for label, key in reversed(spellings.items())}
+    for key in sorted(set(spellings.values()) - ids.keys()):
+        ids[key] = len(names) + 1
+        names.append(first[key])
+    return {label: ids[key] for label, key in spellings.items()}, names
 
 
 def read_predictions(path: str | os.PathLike) -> list[dict]:

@@ -6,6 +6,10 @@ import contextlib
 import doctest
 import io
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +82,42 @@ def test_coco_map_scores_rank_detections():
     assert coco_map([{"boxes": [], "labels": []}], ref)["AP"] == 0.0
 
 
+def test_coco_map_compares_labels_canonically_and_keeps_the_category_order(shapes_dir):
+    _, _, predictions, references = _gt_and_detections(shapes_dir)
+    names = [c["name"] for c in sorted(json.loads((shapes_dir / "annotations" / "instances_train2017.json").read_text())["categories"],
+                                       key=lambda c: c["id"])]
+    exact = coco_map(predictions, references, categories=names)
+    respelled = [dict(p, labels=[f' "{label.upper()}" ' for label in p["labels"]]) for p in predictions]
+    assert coco_map(respelled, references, categories=[name.title() for name in names]) == exact  # to the last digit
+    ref = [{"boxes": [[0, 0, 10, 10]], "labels": ["Traffic Light"]}]
+    assert coco_map([{"boxes": [[0, 0, 10, 10]], "labels": ["traffic light"]}], ref)["AP50"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"categories name 'cat' twice"):
+        coco_map(ref, ref, categories=["Cat", "cat"])
+
+
+def test_coco_map_names_wrong_inputs():
+    good = [{"boxes": [[0, 0, 10, 10]], "labels": ["a"]}]
+    with pytest.raises(ValueError, match=r"predictions\[0\] has no \['boxes', 'labels'\]"):
+        coco_map([{"bbox": [[0, 0, 10, 10]], "label": ["a"]}], good)
+    with pytest.raises(ValueError, match=r"predictions\[0\] has scores \[0.9, 0.1\] for 1 boxes"):
+        coco_map([{"boxes": [[0, 0, 10, 10]], "labels": ["a"], "scores": [0.9, 0.1]}], good)
+    with pytest.raises(ValueError, match=r"references\[0\] has a box that is not finite"):
+        coco_map(good, [{"boxes": [[0, 0, float("inf"), 10]], "labels": ["a"]}])
+    with pytest.raises(ValueError, match=r"references\[0\] has area"):
+        coco_map(good, [{"boxes": [[0, 0, 10, 10]], "labels": ["a"], "area": []}])
+    # numpy columns and an unknown image_id are read as they are
+    crowd = [{"boxes": np.array([[0, 0, 10, 10], [20, 20, 90, 90]]), "labels": ["a", "a"], "iscrowd": np.array([0, 1]), "image_id": None}]
+    on_crowd = [{"boxes": np.array([[0, 0, 10, 10], [30, 30, 40, 40]]), "labels": ["a", "a"], "scores": np.array([0.5, 0.9])}]
+    assert coco_map(on_crowd, crowd)["AP50"] == pytest.approx(1.0)  # the box on the crowd region is ignored
+
+
+def test_package_exports_coco_map_without_importing_torch():
+    code = ("import sys, qwen_instruct_det as q; from qwen_instruct_det.evaluation import coco_map; "
+            "assert q.coco_map is coco_map and 'Detections' in q.__all__ and 'coco_map' in q.__all__; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True)
+
+
 def test_evaluate_module_offline(monkeypatch):
     import evaluate
 
@@ -92,6 +132,49 @@ def test_evaluate_module_offline(monkeypatch):
     batched = det.compute(matching="hungarian")
     assert (batched["tp"], batched["fn"]) == (2, 1)
     assert batched["per_class"]["a"]["recall"] == pytest.approx(2 / 3)
+
+
+def test_evaluate_module_names_wrong_inputs(monkeypatch):
+    import evaluate
+
+    monkeypatch.chdir(ROOT)
+    det = evaluate.load("./metrics/det_iou50")
+    good = {"boxes": [[0, 0, 10, 10]], "labels": ["a"]}
+    with pytest.raises(ValueError, match=r"predictions\[1\] has no \['boxes', 'labels'\].*'labels'.*'scores'"):
+        det.compute(predictions=[good, {"bbox": [[0, 0, 10, 10]], "label": ["a"]}], references=[good, good])
+    with pytest.raises(ValueError, match=r"references\[0\] is a list.*objects"):  # a data set row's own objects
+        det.compute(predictions=[good], references=[[{"bbox": [0, 0, 10, 10], "category": "a"}]])
+    with pytest.raises(ValueError, match=r"references\[0\] has no \['boxes'\]"):
+        det.compute(predictions=[good], references=[{"labels": ["a"]}])
+    with pytest.raises(ValueError, match=r"references\[0\] has a box that is not finite"):
+        det.compute(predictions=[good], references=[{"boxes": [[0, 0, float("nan"), 10]], "labels": ["a"]}])
+    with pytest.raises(ValueError, match=r"iou_threshold must be a number in \(0, 1\]"):
+        det.compute(predictions=[good], references=[good], iou_threshold=0)
+    with pytest.raises(ValueError, match=r"takes the options \['iou_threshold', 'matching'\], got \['iou_thresh'\]"):
+        det.compute(predictions=[good], references=[good], iou_thresh=0.5)
+    # errors store nothing, and batches count images across calls until compute
+    det.add_batch(predictions=[good, good], references=[good, good])
+    with pytest.raises(ValueError, match=r"predictions\[3\] has 1 boxes and 2 labels"):
+        det.add_batch(predictions=[good, {"boxes": [[0, 0, 1, 1]], "labels": ["a", "b"]}], references=[good, good])
+    with pytest.raises(ValueError, match=r"references\[2\] has iscrowd"):
+        det.add(prediction=good, reference=dict(good, iscrowd=[True, True]))
+    det.add(prediction=good, reference=dict(good, labels=["A"]))
+    out = det.compute()
+    assert (out["tp"], out["fp"], out["fn"], list(out["per_class"])) == (3, 0, 0, ["a"])
+    with pytest.raises(ValueError, match=r"predictions\[0\]"):  # counting starts again after compute
+        det.add(prediction={"boxes": None, "labels": []}, reference=good)
+
+
+def test_metric_folder_lists_what_it_imports():
+    from evaluate.loading import get_imports
+
+    module = ROOT / "metrics" / "det_iou50" / "det_iou50.py"
+    imports = {name for kind, name, *_ in get_imports(str(module)) if kind == "library"}
+    assert imports == {"datasets", "evaluate", "qwen_instruct_det"}
+    lines = [line.split("#")[0].strip() for line in (module.parent / "requirements.txt").read_text().splitlines()]
+    required = {re.split(r"[<>=!~\[; ]", line)[0] for line in lines if line}
+    assert imports <= required
+    assert not [line for line in module.read_text().splitlines() if line.startswith("import ") and "," in line]
 
 
 @pytest.mark.parametrize("source", ["metrics/det_iou50/det_iou50.py", "metrics/det_iou50/README.md"])
