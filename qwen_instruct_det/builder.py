@@ -164,12 +164,15 @@ class QwenInstructDet(datasets.ArrowBasedBuilder):
 
     def _generate_tables(self, split: str, annotation_file: str, image_dir: str):
         index = prepare_index(annotation_file, image_dir, self.config)
-        objs = Objects.from_index(index)
+        if "objects" not in index.memo:  # one per index, shared by the five configurations
+            index.memo["objects"] = Objects.from_index(index)
+            index.memo["columns"] = _ImageColumns(index, index.memo["objects"])
+        objs = index.memo["objects"]
         rows = generate(self.config.name, objs, self.config)
         skipped = {**index.skipped, **rows.skipped}
         self.skipped[split] = skipped
         logger.info("%s/%s: %d rows from %d images; skipped %s", self.config.name, split, len(rows), index.num_images, skipped)
-        tables = _ImageColumns(index, objs)
+        tables = index.memo["columns"]
         for batch, start in enumerate(range(0, len(rows), _BATCH_ROWS)):
             yield Key(0, batch), tables.table(rows, start, min(start + _BATCH_ROWS, len(rows)))
 
@@ -364,7 +367,8 @@ class _ImageColumns:
 
     def __init__(self, index: coco.CocoIndex, objs: Objects):
         self.index = index
-        self.paths = pa.array([os.path.abspath(p) for p in index.image_paths()], pa.string())
+        root = os.path.abspath(index.image_dir)
+        self.paths = pa.array([os.path.join(root, name) for name in index.file_names], pa.string())
         names = pa.array(index.category_names, pa.string())
         bbox = pa.FixedSizeListArray.from_arrays(pa.array(objs.xyxy.astype(np.float32).ravel()), 4)
         values = pa.StructArray.from_arrays([bbox, names.take(pa.array(objs.category))], names=["bbox", "category"])

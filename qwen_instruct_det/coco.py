@@ -57,6 +57,8 @@ class CocoIndex:
     ann_crowd: np.ndarray  # bool
     ann_start: np.ndarray  # int64 (n_images + 1,)
     skipped: dict[str, int] = field(default_factory=dict)
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
+    """What later stages derive from this index and reuse across configurations (it never changes once built)."""
 
     @property
     def num_images(self) -> int:
@@ -70,7 +72,9 @@ class CocoIndex:
         return os.path.join(self.image_dir, self.file_names[i])
 
     def image_paths(self) -> list[str]:
-        return [os.path.join(self.image_dir, name) for name in self.file_names]
+        if "image_paths" not in self.memo:
+            self.memo["image_paths"] = [os.path.join(self.image_dir, name) for name in self.file_names]
+        return self.memo["image_paths"]
 
     def select_images(self, keep: np.ndarray) -> CocoIndex:
         """A new index with only the images where ``keep`` (bool mask or sorted indices) holds."""

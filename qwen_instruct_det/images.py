@@ -114,7 +114,8 @@ def orient_index(
     if any(counts.values()):
         logger.info("%s: EXIF orientation and sizes: %s", index.annotation_file, counts)
     oriented = dataclasses.replace(
-        index, widths=shown_w.astype(np.int32), heights=shown_h.astype(np.int32), ann_xyxy=xyxy, skipped=dict(index.skipped)
+        index, widths=shown_w.astype(np.int32), heights=shown_h.astype(np.int32), ann_xyxy=xyxy, skipped=dict(index.skipped),
+        memo={},
     )
     return oriented, counts
 
