@@ -77,3 +77,22 @@ def test_data_and_metric_paths_work_without_torch(tmp_path):
                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("ok ")
+
+
+def test_load_dataset_does_not_list_the_data_dir(shapes_dir, tmp_path, monkeypatch):
+    import datasets
+    from datasets import load
+
+    monkeypatch.setattr(load, "get_data_patterns", lambda *a, **k: pytest.fail("listed every file under data_dir"))
+    ds = datasets.load_dataset("qwen_instruct_det", "count", data_dir=str(shapes_dir), cache_dir=str(tmp_path))
+    assert set(ds) == {"train", "validation"} and ds["train"].num_rows > 0
+
+
+def test_other_packaged_builders_still_resolve_their_files(tmp_path):
+    import json
+
+    import datasets
+
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps({"a": i}) for i in range(3)))
+    ds = datasets.load_dataset("json", data_dir=str(tmp_path), cache_dir=str(tmp_path / "c"))
+    assert ds["train"]["a"] == [0, 1, 2]
