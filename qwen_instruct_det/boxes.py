@@ -121,11 +121,14 @@ def intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise intersection areas of ``a (..., N, 4)`` and ``b (..., M, 4)``: ``(..., N, M)``."""
     a = np.asarray(a, dtype=np.float64)[..., :, None, :]
     b = np.asarray(b, dtype=np.float64)[..., None, :, :]
-    w = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
-    h = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
+    w = np.minimum(a[..., 2], b[..., 2])
+    w -= np.maximum(a[..., 0], b[..., 0])
     np.maximum(w, 0.0, out=w)
+    h = np.minimum(a[..., 3], b[..., 3])
+    h -= np.maximum(a[..., 1], b[..., 1])
     np.maximum(h, 0.0, out=h)
-    return w * h
+    w *= h
+    return w
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

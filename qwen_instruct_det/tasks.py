@@ -264,6 +264,8 @@ class _ObjectRegionSampler:
         self.others = padded[b]
         self.others_valid = valid[b].copy()
         self.others_valid[np.arange(T), j] = False
+        # the most of each other object a region may cover (OTHER_MAX of its area); padding and the target itself: no limit
+        self.other_limit = np.where(self.others_valid, OTHER_MAX * B.area(self.others), np.inf)
         self.scale = np.linspace(0.5, 0.0, candidates)  # full: margins shrink along the candidates, to the object's own box
 
     def propose(self, rows, k0, k):
@@ -281,12 +283,16 @@ class _ObjectRegionSampler:
 
     def check(self, rows, block):
         own = B.visible_fraction(self.box[rows, None], block)[:, 0]  # (t, k)
-        frac = B.visible_fraction(self.others[rows], block)  # (t, width, k)
-        frac[~self.others_valid[rows]] = 0.0
-        ok = (frac.max(axis=1) <= OTHER_MAX) & (block[..., 2] > block[..., 0]) & (block[..., 3] > block[..., 1])
+        ok = (block[..., 2] > block[..., 0]) & (block[..., 3] > block[..., 1])
         if self.task == "full_region":
-            return ok & (own >= 1.0 - 1e-9), own
-        return ok & (own >= PARTIAL_MIN) & (own <= PARTIAL_MAX), own
+            ok &= own >= 1.0 - 1e-9
+        else:
+            ok &= (own >= PARTIAL_MIN) & (own <= PARTIAL_MAX)
+        need = np.flatnonzero(ok.any(axis=1))  # the other objects only matter where the own rule already holds
+        if len(need):
+            inter = B.intersection(self.others[rows[need]], block[need])  # (n, width, k)
+            ok[need] &= np.all(inter <= self.other_limit[rows[need]][..., None], axis=1)
+        return ok, own
 
     def possible(self) -> np.ndarray:
         """Targets worth searching. A region holding an object holds its own (snapped) box, so if that
