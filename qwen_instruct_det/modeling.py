@@ -21,14 +21,14 @@ logger = logging.getLogger(__name__)
 QID_CONFIG = "qid_config.json"
 PARTS = ("vision", "merger", "language_model")
 _PART_PATTERNS = {
-    "merger": re.compile(r"(^|\.)visual\.merger\."),
+    "merger": re.compile(r"(^|\.)visual\.(merger|deepstack_merger_list)\."),
     "vision": re.compile(r"(^|\.)visual\."),
     "language_model": re.compile(r"(^|\.)(language_model|lm_head)(\.|$)"),
 }
 _LINEAR_NAMES = {
     "language_model": r"language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))",
     "vision": r"visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2|gate_proj|up_proj|down_proj|linear_fc1|linear_fc2))",
-    "merger": r"visual\.merger\.(mlp\.0|mlp\.2|linear_fc1|linear_fc2)",
+    "merger": r"visual\.(merger\.(mlp\.0|mlp\.2|linear_fc1|linear_fc2)|deepstack_merger_list\.\d+\.(linear_fc1|linear_fc2))",
 }
 
 
