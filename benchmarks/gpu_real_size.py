@@ -1,13 +1,19 @@
-"""Real-size cost on a GPU: a Qwen2-VL-2B-shaped model (published config, random weights) with the seed's recipe.
+"""Real-size cost on a GPU for each Qwen-VL generation: published configs, random weights, the seed's recipe.
 
-    python benchmarks/gpu_real_size.py                 # on a CUDA machine: bf16, LoRA r32/alpha64, batch 1 x accumulation 4
-    python benchmarks/gpu_real_size.py --smoke         # the same code path, scaled down, on a CPU (a check, not a figure)
+    python benchmarks/gpu_real_size.py                        # on a CUDA machine: all three families, one after the other
+    python benchmarks/gpu_real_size.py --family qwen3_vl      # one family: qwen2_vl, qwen2_5_vl or qwen3_vl
+    python benchmarks/gpu_real_size.py --smoke                # the same code path, scaled down, on a CPU (a check, not a figure)
 
-Prints training samples per second and peak GPU memory at COCO-like image sizes (sides 480-640 px,
-about 7 boxes per image, default image budget), and generation throughput (new tokens per
-second, batched, greedy, a fixed number of new tokens since random weights never stop).
-The tokenizer is the tiny one (its ids fit the real 151,936-token vocabulary); the image and
-sequence lengths are the real ones.
+The models are Qwen2-VL-2B-Instruct, Qwen2.5-VL-3B-Instruct and Qwen3-VL-2B-Instruct as their
+config.json on the Hub describes them, with random weights. The recipe is the seed's
+(configs/seed_recipe.yaml and its siblings): vision, merger (with Qwen3-VL's deepstack mergers)
+and language model all unfrozen, LoRA r 32 / alpha 64 on every linear layer, bf16, batch 1 x
+accumulation 4, gradient checkpointing, each family's own box format and image budget (1280
+image tokens at most). Prints, per family, training samples per second and peak GPU memory at
+COCO-like image sizes (sides 480-640 px, about 7 boxes per image), and generation throughput
+(new tokens per second, batched, greedy, a fixed number of new tokens since random weights never
+stop). The tokenizer is the tiny one (its ids fit the real 151,936-token vocabulary); the image
+and sequence lengths are the real ones.
 """
 
 from __future__ import annotations
@@ -17,87 +23,115 @@ import statistics
 import tempfile
 import time
 
-QWEN2_VL_2B = {
-    "text": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
-             "num_key_value_heads": 2, "vocab_size": 151936, "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-    "vision": {"depth": 32, "embed_dim": 1280, "num_heads": 16, "mlp_ratio": 4, "hidden_size": 1536},
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+# config.json on the Hub of Qwen/Qwen2-VL-2B-Instruct, Qwen/Qwen2.5-VL-3B-Instruct and Qwen/Qwen3-VL-2B-Instruct
+# (transformers 5 spelling: rope_parameters for rope_scaling + rope_theta).
+PUBLISHED = {
+    "qwen2_vl": {
+        "text_config": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+                        "num_key_value_heads": 2, "vocab_size": 151936,
+                        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}},
+        "vision_config": {"depth": 32, "embed_dim": 1280, "mlp_ratio": 4, "num_heads": 16, "hidden_size": 1536, "patch_size": 14},
+    },
+    "qwen2_5_vl": {
+        "text_config": {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
+                        "num_key_value_heads": 2, "vocab_size": 151936,
+                        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}},
+        "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 2048,
+                          "patch_size": 14, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31], "hidden_act": "silu"},
+    },
+    "qwen3_vl": {
+        "text_config": {"hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28, "num_attention_heads": 16,
+                        "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
+                        "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20], "mrope_interleaved": True}},
+        "vision_config": {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16, "out_hidden_size": 2048,
+                          "patch_size": 16, "num_position_embeddings": 2304, "deepstack_visual_indexes": [5, 11, 17],
+                          "hidden_act": "gelu_pytorch_tanh"},
+    },
 }
 SMOKE = {
-    "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "vocab_size": 512, "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-    "vision": {"depth": 1, "embed_dim": 32, "num_heads": 2, "mlp_ratio": 2, "hidden_size": 64},
+    "qwen2_vl": {
+        "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                        "num_key_value_heads": 2, "vocab_size": 512,
+                        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}},
+        "vision_config": {"depth": 1, "embed_dim": 32, "mlp_ratio": 2, "num_heads": 2, "hidden_size": 64, "patch_size": 14},
+    },
+    "qwen2_5_vl": {
+        "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                        "num_key_value_heads": 2, "vocab_size": 512,
+                        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}},
+        "vision_config": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64, "patch_size": 14,
+                          "window_size": 112, "fullatt_block_indexes": [1], "hidden_act": "silu"},
+    },
+    "qwen3_vl": {
+        "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                        "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 512,
+                        "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [4, 2, 2], "mrope_interleaved": True}},
+        "vision_config": {"depth": 3, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64, "patch_size": 16,
+                          "num_position_embeddings": 64, "deepstack_visual_indexes": [0, 1, 2], "hidden_act": "gelu_pytorch_tanh"},
+    },
 }
+# Each family's budget in the recipes (configs/*.yaml): at most 1280 image tokens of 28 px (Qwen2/2.5-VL) or 32 px (Qwen3-VL).
+BUDGETS = {"qwen2_vl": (3136, 1003520), "qwen2_5_vl": (3136, 1003520), "qwen3_vl": (65536, 1310720)}
 
 
-def build_model(shape: dict, processor, dtype):
+def build_model(family: str, shape: dict, processor, dtype):
+    """A randomly initialised model of ``family`` with ``shape``'s sizes and the tokenizer's special-token ids."""
     import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     tok = processor.tokenizer
     ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>", "<|endoftext|>")}
-    t = shape["text"]
-    config = Qwen2VLConfig(
-        text_config={**{k: v for k, v in t.items() if k not in ("rope_theta", "mrope_section")},
-                     "rope_parameters": {"rope_type": "default", "rope_theta": t["rope_theta"], "mrope_section": t["mrope_section"]},
-                     "tie_word_embeddings": True, "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+    config = AutoConfig.for_model(
+        family,
+        text_config={**shape["text_config"], "tie_word_embeddings": True, "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
                      "bos_token_id": ids["<|endoftext|>"]},
-        vision_config={**shape["vision"], "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        vision_config={**shape["vision_config"], "spatial_merge_size": 2, "temporal_patch_size": 2},
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True,
     )
     torch.manual_seed(0)
-    return Qwen2VLForConditionalGeneration(config).to(dtype)
+    return AutoModelForImageTextToText.from_config(config).to(dtype)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="Scaled-down shapes on the CPU: checks the code path only.")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--gen-batch", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    args = parser.parse_args()
-
+def run_family(family: str, args, work: str, cuda: bool) -> None:
+    """Train the seed's recipe for ``args.steps`` steps and time batched generation; print the figures."""
     import torch
     from trl import ModelConfig, SFTConfig
 
-    from qwen_instruct_det import synthetic, tiny_model, training
+    from qwen_instruct_det import tiny_model, training
+    from qwen_instruct_det.modeling import FAMILY_BOX_FORMATS
 
-    cuda = torch.cuda.is_available() and not args.smoke
-    if not cuda and not args.smoke:
-        raise SystemExit("no CUDA device: run on a GPU machine, or pass --smoke for a CPU check of the code path")
-    shape = SMOKE if args.smoke else QWEN2_VL_2B
-    work = tempfile.mkdtemp(prefix="qid_gpu_")
-    lo, hi = (120, 160) if args.smoke else (480, 640)  # COCO-like sides
-    opts = synthetic.SynthOptions(min_size=lo, max_size=hi, min_objects=4, max_objects=10, min_object_fraction=0.08,
-                                  max_object_fraction=0.35, max_iou=0.3)
-    synthetic.make_synthetic_coco(f"{work}/data", train=args.images, val=args.gen_batch, options=opts)
+    budget = BUDGETS[family]
     data = training.DataArguments(data_dir=f"{work}/data", mix="detection=1.0")
-    rows = training.build_mixture(data, "train", cache_dir=f"{work}/cache")
+    rows = training.build_mixture(data, "train", cache_dir=f"{work}/cache", box_format=FAMILY_BOX_FORMATS[family], min_pixels=budget[0],
+                                  max_pixels=budget[1])
     texts = [r["completion"][0]["content"][0]["text"] for r in rows.select_columns(["completion"])]
-    budget = (56 * 56, 28 * 28 * 1280)
-    processor = tiny_model.build_processor(texts, tiny_model.TinyModelConfig(min_pixels=budget[0], max_pixels=budget[1]))
+    processor = tiny_model.build_processor(texts, tiny_model.TinyModelConfig(family=family, min_pixels=budget[0], max_pixels=budget[1]))
     dtype = torch.bfloat16 if cuda else torch.float32
-    model = build_model(shape, processor, dtype)
+    model = build_model(family, (SMOKE if args.smoke else PUBLISHED)[family], processor, dtype)
     n_params = sum(p.numel() for p in model.parameters())
-    sft = SFTConfig(output_dir=f"{work}/out", max_steps=args.steps, per_device_train_batch_size=1, gradient_accumulation_steps=4,
+    sft = SFTConfig(output_dir=f"{work}/out_{family}", max_steps=args.steps, per_device_train_batch_size=1, gradient_accumulation_steps=4,
                     learning_rate=5e-5, lr_scheduler_type="cosine", warmup_steps=0.05, bf16=cuda, use_cpu=not cuda,
                     gradient_checkpointing=cuda, max_length=2048, logging_steps=10, save_strategy="no", report_to="none",
                     dataloader_num_workers=2 if cuda else 0)
-    model_args = ModelConfig(model_name_or_path="qwen2-vl-2b-shaped (random)", use_peft=True, lora_r=32, lora_alpha=64, lora_dropout=0.05)
-    parts = training.PartsArguments(min_pixels=budget[0], max_pixels=budget[1])
-    trainer, _ = training.make_trainer(data, parts, model_args, sft, model=model, processor=processor, cache_dir=f"{work}/cache")
+    model_args = ModelConfig(model_name_or_path=f"{family} published shape (random)", use_peft=True, lora_r=32, lora_alpha=64, lora_dropout=0.05)
+    parts = training.PartsArguments(freeze_vision=False, freeze_merger=False, freeze_llm=False)  # the seed's run: all three parts
+    trainer, qc = training.make_trainer(data, parts, model_args, sft, model=model, processor=processor, cache_dir=f"{work}/cache")
+    trainable = sum(s["trainable"] for s in trainer.qid_stats["trainable"].values())
     if cuda:
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     result = trainer.train()
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     samples = result.metrics["train_samples_per_second"]
 
     model = trainer.model.eval()
-    val = training.build_mixture(data, "validation", cache_dir=f"{work}/cache").select(range(args.gen_batch))
-    texts = [processor.apply_chat_template(r["prompt"], add_generation_prompt=True) for r in val]
+    val = training.build_mixture(data, "validation", cache_dir=f"{work}/cache", **training.target_options(processor, qc.box_format))
+    val = val.select(range(min(args.gen_batch, len(val))))
+    prompts = [processor.apply_chat_template(r["prompt"], add_generation_prompt=True) for r in val]
     processor.tokenizer.padding_side = "left"
-    enc = processor(images=[r["images"] for r in val], text=texts, padding=True, return_tensors="pt").to(model.device)
+    enc = processor(images=[r["images"] for r in val], text=prompts, padding=True, return_tensors="pt").to(model.device)
     rates = []
     for _ in range(3):
         if cuda:
@@ -107,12 +141,44 @@ def main() -> None:
             model.generate(**enc, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
         if cuda:
             torch.cuda.synchronize()
-        rates.append(args.gen_batch * args.new_tokens / (time.perf_counter() - t))
+        rates.append(len(val) * args.new_tokens / (time.perf_counter() - t))
+    print(f"{family}: {n_params / 1e6:,.1f}M parameters ({trainable / 1e6:,.1f}M trainable LoRA), box format {qc.box_format}, "
+          f"budget {qc.min_pixels}-{qc.max_pixels} px, {trainer.qid_stats['train_rows']} rows "
+          f"({trainer.qid_stats['dropped_long_samples']} over max_length dropped)")
+    print(f"  training (LoRA r32 on all parts, bf16={cuda}, batch 1 x 4, gradient checkpointing={cuda}): {samples:.2f} samples/s "
+          f"over {args.steps} steps; peak GPU memory {peak:.1f} GiB")
+    print(f"  generation: {statistics.median(rates):.0f} new tokens/s (batch {len(val)}, {args.new_tokens} tokens, median of 3)", flush=True)
+    del trainer, model
+    if cuda:
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="Scaled-down shapes on the CPU: checks the code path only.")
+    parser.add_argument("--family", choices=(*FAMILIES, "all"), default="all", help="Which generation(s) to measure.")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--gen-batch", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    args = parser.parse_args()
+
+    import torch
+
+    from qwen_instruct_det import synthetic
+
+    cuda = torch.cuda.is_available() and not args.smoke
+    if not cuda and not args.smoke:
+        raise SystemExit("no CUDA device: run on a GPU machine, or pass --smoke for a CPU check of the code path")
+    work = tempfile.mkdtemp(prefix="qid_gpu_")
+    lo, hi = (120, 160) if args.smoke else (480, 640)  # COCO-like sides
+    opts = synthetic.SynthOptions(min_size=lo, max_size=hi, min_objects=4, max_objects=10, min_object_fraction=0.08,
+                                  max_object_fraction=0.35, max_iou=0.3)
+    synthetic.make_synthetic_coco(f"{work}/data", train=args.images, val=args.gen_batch, options=opts)
     device = torch.cuda.get_device_name() if cuda else "CPU (smoke check, not a figure)"
-    print(f"{device}: {n_params / 1e6:,.1f}M parameters, images {lo}-{hi} px a side, {trainer.qid_stats['train_rows']} rows")
-    print(f"training (LoRA r32, bf16={cuda}, batch 1 x 4, gradient checkpointing={cuda}): {samples:.2f} samples/s over {args.steps} steps")
-    print(f"peak GPU memory: {peak:.1f} GiB")
-    print(f"generation: {statistics.median(rates):.0f} new tokens/s (batch {args.gen_batch}, {args.new_tokens} tokens, median of 3)")
+    print(f"{device}: images {lo}-{hi} px a side, the seed's recipe")
+    for family in FAMILIES if args.family == "all" else (args.family,):
+        run_family(family, args, work, cuda)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The demo: the whole path on the CPU, offline, shown to learn.
 
-``run_demo`` makes the synthetic data set, builds the configurations, builds the tiny
-Qwen2-VL from scratch, trains it with TRL's SFTTrainer (full fine-tuning: LoRA on random
+``run_demo`` makes the synthetic data set, builds the configurations, builds a tiny model of
+the chosen Qwen-VL family (Qwen2-VL, Qwen2.5-VL or Qwen3-VL, each answering in its own box
+format) from scratch, trains it with TRL's SFTTrainer (full fine-tuning: LoRA on random
 weights would teach nothing), predicts on the held-out split, scores it with det_iou50 and
 COCO mAP, and writes ``report.json``, ``report.md`` and a picture grid. Every step is the
 library's public code path; only the sizes are chosen to fit a 2-core CPU in minutes.
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 @dataclass
 class DemoArguments:
     out: str = field(default="demo_out", metadata={"help": "Folder for the data, the model, the predictions and the report."})
+    family: str = field(default="qwen2_vl", metadata={"help": "The tiny model's Qwen-VL family: qwen2_vl, qwen2_5_vl or qwen3_vl "
+                                                              "(each answers in its own box format)."})
     train_images: int = field(default=3000, metadata={"help": "Synthetic training images."})
     val_images: int = field(default=100, metadata={"help": "Held-out synthetic images the report is about."})
     mix: str = field(default="detection=1.0", metadata={"help": "Configurations and ratios to train on (see qid train --mix)."})
@@ -50,6 +53,7 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
 
     from . import evaluation, inference, synthetic, tiny_model, training, visualize
     from .builder import load_split
+    from .modeling import FAMILY_BOX_FORMATS
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -69,17 +73,19 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
     synthetic.make_synthetic_coco(data_dir, train=args.train_images, val=args.val_images, seed=args.seed, options=options)
     timings["data"] = time.perf_counter() - start
 
-    progress(f"[2/6] instruction data: {args.mix}")
+    tiny = tiny_model.TinyModelConfig(family=args.family, hidden_size=args.hidden_size, intermediate_size=3 * args.hidden_size,
+                                      num_hidden_layers=args.layers, vision_depth=args.vision_depth, min_pixels=args.image_size ** 2 // 2,
+                                      max_pixels=args.image_size ** 2, rope_theta=args.rope_theta, seed=args.seed)
+    box_format = FAMILY_BOX_FORMATS[args.family]
+    progress(f"[2/6] instruction data: {args.mix} ({box_format} box format)")
     data_args = training.DataArguments(data_dir=str(data_dir), mix=args.mix, display_name="Shapes", mix_seed=args.seed)
     cache = str(out / "hf_cache")
-    train_rows = training.build_mixture(data_args, "train", cache_dir=cache)
+    train_rows = training.build_mixture(data_args, "train", cache_dir=cache, box_format=box_format, min_pixels=tiny.min_pixels,
+                                        max_pixels=tiny.max_pixels)
     texts = [row["completion"][0]["content"][0]["text"] for row in train_rows.select_columns(["completion"])]
     timings["build"] = time.perf_counter() - start - sum(timings.values())
 
-    progress("[3/6] tiny Qwen2-VL and processor (tokenizer trained on the answers)")
-    tiny = tiny_model.TinyModelConfig(hidden_size=args.hidden_size, intermediate_size=3 * args.hidden_size, num_hidden_layers=args.layers,
-                                      vision_depth=args.vision_depth, min_pixels=args.image_size ** 2 // 2,
-                                      max_pixels=args.image_size ** 2, rope_theta=args.rope_theta, seed=args.seed)
+    progress(f"[3/6] tiny {args.family} and processor (tokenizer trained on the answers)")
     processor = tiny_model.build_processor(texts, tiny)
     model = tiny_model.build_model(processor, tiny)
     n_params = sum(p.numel() for p in model.parameters())
@@ -91,25 +97,23 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
         save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False, seed=args.seed,
         data_seed=args.seed, dataloader_num_workers=0, max_length=1024, disable_tqdm=False,
     )
-    model_args = ModelConfig(model_name_or_path="tiny-qwen2-vl (random init)", use_peft=False)
-    parts = training.PartsArguments(freeze_vision=False, freeze_merger=False, freeze_llm=False, tiny=True,
-                                    min_pixels=tiny.min_pixels, max_pixels=tiny.max_pixels)
+    model_args = ModelConfig(model_name_or_path=f"tiny {args.family} (random init)", use_peft=False)
+    parts = training.PartsArguments(freeze_vision=False, freeze_merger=False, freeze_llm=False, tiny=True, tiny_family=args.family)
     trainer, qid_config = training.make_trainer(data_args, parts, model_args, sft, model=model, processor=processor, cache_dir=cache)
     t = time.perf_counter()
     result = trainer.train()
     timings["train"] = time.perf_counter() - t
-    qid_config.categories = synthetic_category_names(args.categories)
     model_dir = training.save_trained(trainer, processor, qid_config)
 
     progress(f"[5/6] predicting {args.val_images} held-out images")
     val = load_split("detection", "validation", cache_dir=cache, data_dir=data_args.data_dir, display_name=data_args.display_name,
-                     seed=data_args.mix_seed)
+                     seed=data_args.mix_seed, **training.target_options(processor, qid_config.box_format))
     model.eval()
     preds_path = out / "predictions.jsonl"
     if preds_path.exists():
         preds_path.unlink()
     t = time.perf_counter()
-    counts = inference.predict_to_file(model, processor, val, preds_path, box_format="qwen2", batch_size=32,
+    counts = inference.predict_to_file(model, processor, val, preds_path, box_format=qid_config.box_format, batch_size=32,
                                        max_new_tokens=inference.default_max_new_tokens(qid_config.max_answer_tokens),
                                        categories=qid_config.categories)
     timings["predict"] = time.perf_counter() - t
@@ -128,8 +132,3 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
-
-def synthetic_category_names(n: int) -> list[str]:
-    from .synthetic import CATEGORIES
-
-    return [c["name"] for c in CATEGORIES[:n]]

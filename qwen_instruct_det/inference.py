@@ -6,7 +6,9 @@ answer ended with the end-of-turn token. ``predict`` parses each answer with the
 box format into pixel boxes of the original image, scores each box by the mean
 probability of its tokens (so COCO AP can rank detections) and yields JSONL-ready
 records; ``predict_to_file`` appends them to a file and resumes where a previous run
-stopped.
+stopped. A model asked zero-shot is asked in its family's own words: ``zero_shot_prompt`` gives
+Qwen's grounding prompt for the JSON families (the category names and a request for JSON, as
+in Qwen's cookbooks), and ``with_prompt`` puts it into a split's rows.
 """
 
 from __future__ import annotations
@@ -24,6 +26,27 @@ from .formats import get_box_format
 from .modeling import resized_size
 
 logger = logging.getLogger(__name__)
+
+JSON_GROUNDING_PROMPT = 'Locate every instance that belongs to the following categories: "{categories}". Report bbox coordinates in JSON format.'
+"""Qwen2.5-VL's and Qwen3-VL's grounding prompt (their cookbooks' wording); ``{categories}`` takes the names, comma-separated."""
+
+
+def zero_shot_prompt(box_format: str) -> str | None:
+    """The prompt template a base model of this box format is asked with; ``None`` keeps the data's prompt (qwen2)."""
+    return JSON_GROUNDING_PROMPT if box_format in ("qwen2_5", "qwen3") else None
+
+
+def with_prompt(dataset, template: str, categories: list[str]):
+    """The rows with their prompt text replaced by ``template`` (``{categories}`` filled with the names)."""
+    if "{categories}" in template and not categories:
+        raise ValueError("the detection prompt names the categories, but none are known: pass --categories (or predict on a split).")
+    text = template.format(categories=", ".join(categories))
+
+    def _replace(prompt):
+        return {"prompt": [{**turn, "content": [{**item, "text": text} if item["type"] == "text" else item for item in turn["content"]]}
+                           for turn in prompt]}
+
+    return dataset.map(_replace, input_columns=["prompt"], desc="prompt")
 
 
 @dataclass

@@ -18,7 +18,10 @@ class PredictArguments:
     split: str = field(default="validation", metadata={"help": "Split of data_dir to predict on."})
     images: str | None = field(default=None, metadata={"help": "Or a folder of images (no truth)."})
     base_model: str | None = field(default=None, metadata={"help": "Base model for an adapter (default: the one it names)."})
-    box_format: str | None = field(default=None, metadata={"help": "Override the box format saved with the model."})
+    box_format: str | None = field(default=None, metadata={"help": "Override the box format (default: the one saved with the model, else "
+                                                                   "the model family's; a different one warns)."})
+    categories: list[str] = field(default_factory=list, metadata={"help": "Category names (default: the model's, else the split's); "
+                                                                           "a base model's zero-shot prompt lists them."})
     batch_size: int = field(default=8, metadata={"help": "Images per generate call."})
     max_new_tokens: int | None = field(default=None, metadata={"help": "Answer budget (default: from the longest training answer)."})
     limit: int | None = field(default=None, metadata={"help": "Only the first N images."})
@@ -26,27 +29,35 @@ class PredictArguments:
 
 
 def predict(args: PredictArguments) -> dict:
-    """Batched generation over a split or a folder, written as JSONL records."""
-    from .inference import default_max_new_tokens, predict_to_file
+    """Batched generation over a split or a folder, written as JSONL records.
+
+    A model trained by ``qid train`` is asked as it was trained and parsed with its saved format, budget and
+    categories; a plain checkpoint is asked with its family's zero-shot prompt and parsed in its family's format.
+    """
+    from .inference import default_max_new_tokens, predict_to_file, with_prompt
     from .modeling import load_for_inference
+    from .training import dataset_categories
 
     if bool(args.data_dir) == bool(args.images):
         raise ValueError("give exactly one of --data_dir (a COCO-layout folder) or --images (a folder of images).")
     model, processor, qc = load_for_inference(args.model, base_model=args.base_model, dtype=args.dtype,
-                                              device_map="auto" if _has_cuda() else None)
+                                              device_map="auto" if _has_cuda() else None, box_format=args.box_format)
     if args.data_dir:
         from .builder import load_split
 
         dataset = load_split("detection", args.split, data_dir=args.data_dir, box_format=qc.box_format, display_name=qc.display_name,
-                             min_pixels=qc.min_pixels, max_pixels=qc.max_pixels)
+                             min_pixels=processor.image_processor.size["shortest_edge"], max_pixels=processor.image_processor.size["longest_edge"])
     else:
         dataset = _folder_rows(args.images)
     if args.limit:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
+    categories = list(args.categories) or qc.categories or (dataset_categories(args.data_dir, args.split) if args.data_dir else [])
+    if qc.detection_prompt:
+        dataset = with_prompt(dataset, qc.detection_prompt, categories)
     budget = args.max_new_tokens or default_max_new_tokens(qc.max_answer_tokens)
-    counts = predict_to_file(model, processor, dataset, args.out, box_format=args.box_format or qc.box_format,
-                             batch_size=args.batch_size, max_new_tokens=budget, categories=qc.categories or None)
-    return {**counts, "max_new_tokens": budget, "out": args.out}
+    counts = predict_to_file(model, processor, dataset, args.out, box_format=qc.box_format, batch_size=args.batch_size,
+                             max_new_tokens=budget, categories=categories or None)
+    return {**counts, "max_new_tokens": budget, "out": args.out, "box_format": qc.box_format}
 
 
 def _has_cuda() -> bool:

@@ -5,7 +5,10 @@
 ``SFTTrainer``: configurations mixed with ``interleave_datasets``, over-long samples dropped
 and counted (never truncated: truncation can cut image tokens or answers), loss on the
 completion only (TRL's default for prompt-completion data), LoRA on the linear layers of
-the unfrozen parts. ``main`` is the ``qid train`` entry point: flags, a YAML recipe
+the unfrozen parts. The model decides the box format of the targets (its family's, unless
+``box_format`` asks otherwise), and the processor's image budget is the one the targets are
+built with; both travel with the output in ``qid_config.json``, with the data set's category
+names. ``main`` is the ``qid train`` entry point: flags, a YAML recipe
 (``--config``) and Python agree because the same dataclasses back all three, as in
 TRL's own scripts. Scaling out is accelerate's job: ``accelerate launch -m
 qwen_instruct_det.training --config ...`` runs this same entry point on many devices.
@@ -19,11 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .modeling import (
+    FAMILY_BOX_FORMATS,
     PARTS,
     QidModelConfig,
+    box_format_for,
     format_summary,
+    image_budget,
     image_tokens,
     lora_target_regex,
+    model_type,
+    set_image_budget,
     set_trainable_parts,
     trainable_summary,
 )
@@ -41,7 +49,8 @@ class DataArguments:
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str | None = field(default=None, metadata={"help": "Split for evaluation loss (None: no evaluation during training)."})
     subset: int | None = field(default=None, metadata={"help": "Seeded random subset of N images per configuration."})
-    box_format: str = field(default="qwen2", metadata={"help": "Box format of the targets: qwen2, qwen2_5 or qwen3 (match the model family)."})
+    box_format: str | None = field(default=None, metadata={"help": "Box format of the targets: qwen2, qwen2_5 or qwen3 (default: the model "
+                                                                    "family's; a different one warns and is recorded)."})
     display_name: str = field(default="COCO", metadata={"help": "Data set name in none_region answers."})
     regions_per_object: int = field(default=1, metadata={"help": "Region rows per object."})
     mix_seed: int = field(default=0, metadata={"help": "Seed of the builder (regions, subsets) and of the mixing."})
@@ -54,9 +63,12 @@ class PartsArguments:
     freeze_vision: bool = field(default=True, metadata={"help": "Freeze the vision tower (no LoRA / no gradients there)."})
     freeze_merger: bool = field(default=True, metadata={"help": "Freeze the merger (the aligner between vision and language)."})
     freeze_llm: bool = field(default=False, metadata={"help": "Freeze the language model."})
-    min_pixels: int = field(default=56 * 56, metadata={"help": "Processor min_pixels (saved with the model)."})
-    max_pixels: int = field(default=28 * 28 * 1280, metadata={"help": "Processor max_pixels (saved with the model)."})
-    tiny: bool = field(default=False, metadata={"help": "Train the offline tiny Qwen2-VL from scratch instead of loading model_name_or_path."})
+    min_pixels: int | None = field(default=None, metadata={"help": "Processor min_pixels (default: the checkpoint's); builds the targets "
+                                                                    "too, and is saved with the model."})
+    max_pixels: int | None = field(default=None, metadata={"help": "Processor max_pixels (default: the checkpoint's); builds the targets "
+                                                                    "too, and is saved with the model."})
+    tiny: bool = field(default=False, metadata={"help": "Train an offline tiny model from scratch instead of loading model_name_or_path."})
+    tiny_family: str = field(default="qwen2_vl", metadata={"help": "The tiny model's family: qwen2_vl, qwen2_5_vl or qwen3_vl."})
 
     def trainable_parts(self) -> list[str]:
         frozen = {"vision": self.freeze_vision, "merger": self.freeze_merger, "language_model": self.freeze_llm}
@@ -82,8 +94,11 @@ def parse_mix(mix: str) -> dict[str, float]:
     return {k: v / total for k, v in ratios.items()}
 
 
-def build_mixture(data: DataArguments, split: str, cache_dir: str | None = None):
-    """The configurations of ``data.mix`` for ``split``, interleaved with their ratios (seeded)."""
+def build_mixture(data: DataArguments, split: str, cache_dir: str | None = None, **builder_kwargs):
+    """The configurations of ``data.mix`` for ``split``, interleaved with their ratios (seeded).
+
+    ``builder_kwargs`` (e.g. ``box_format``, ``min_pixels``, ``max_pixels``) go to every configuration's builder.
+    """
     import datasets
 
     from .builder import load_split
@@ -92,14 +107,45 @@ def build_mixture(data: DataArguments, split: str, cache_dir: str | None = None)
         raise ValueError("data_dir is not set: point it at a COCO-2017-layout folder (qid synth writes one).")
     ratios = parse_mix(data.mix)
     columns = ["images", "prompt", "completion", "task", "width", "height"]
-    parts = [
-        load_split(name, split, cache_dir=cache_dir, data_dir=data.data_dir, subset=data.subset, box_format=data.box_format,
-                   display_name=data.display_name, regions_per_object=data.regions_per_object, seed=data.mix_seed).select_columns(columns)
-        for name in ratios
-    ]
+    options = {"data_dir": data.data_dir, "subset": data.subset, "display_name": data.display_name,
+               "regions_per_object": data.regions_per_object, "seed": data.mix_seed}
+    if data.box_format is not None:
+        options["box_format"] = data.box_format
+    options.update(builder_kwargs)
+    parts = [load_split(name, split, cache_dir=cache_dir, **options).select_columns(columns) for name in ratios]
     if len(parts) == 1:
         return parts[0].shuffle(seed=data.mix_seed)
     return datasets.interleave_datasets(parts, probabilities=list(ratios.values()), seed=data.mix_seed, stopping_strategy="all_exhausted")
+
+
+def dataset_categories(data_dir: str, split: str) -> list[str]:
+    """The data set's category names, spelled as its annotation file spells them, in category-id order."""
+    import json
+
+    from .builder import COCO_SPLITS
+
+    path = Path(data_dir) / "annotations" / f"instances_{COCO_SPLITS.get(split, split)}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no annotation file for split {split!r} (COCO 2017 layout expected).")
+    categories = json.loads(path.read_text()).get("categories") or []
+    return [str(c["name"]) for c in sorted(categories, key=lambda c: c["id"])]
+
+
+def target_options(processor, box_format: str) -> dict:
+    """Builder options that make the targets in ``box_format`` on the processor's own resize (its budget and factor)."""
+    from dataclasses import fields
+
+    from .builder import QwenInstructDetConfig
+    from .formats import get_box_format
+
+    budget = image_budget(processor)
+    options = {"box_format": box_format, "min_pixels": budget["min_pixels"], "max_pixels": budget["max_pixels"]}
+    if "resize_factor" in {f.name for f in fields(QwenInstructDetConfig)}:
+        options["resize_factor"] = budget["resize_factor"]
+    elif get_box_format(box_format).needs_input_size and budget["resize_factor"] != 28:
+        raise ValueError(f"box format {box_format!r} writes pixels of the resized image, but this processor resizes to multiples of "
+                         f"{budget['resize_factor']} and the builder only to multiples of 28; use the model's own box format.")
+    return options
 
 
 def token_lengths(dataset, processor) -> tuple[list[int], list[int]]:
@@ -143,14 +189,19 @@ def make_trainer(data: DataArguments, parts: PartsArguments, model_args, sft_con
             raise ValueError("tiny=True needs the tiny processor and model passed in (qwen_instruct_det.tiny_model.build_*).")
         processor = load_processor(model_args.model_name_or_path, parts.min_pixels, parts.max_pixels,
                                    trust_remote_code=getattr(model_args, "trust_remote_code", False))
+    else:
+        set_image_budget(processor, parts.min_pixels, parts.max_pixels)
     if model is None:
         model = load_model(model_args.model_name_or_path, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation,
                            trust_remote_code=getattr(model_args, "trust_remote_code", False))
-    train = build_mixture(data, data.train_split, cache_dir=cache_dir)
+    family = model_type(model)
+    box_format = box_format_for(family, data.box_format)
+    targets = target_options(processor, box_format)  # the budget the processor trains with builds the targets
+    train = build_mixture(data, data.train_split, cache_dir=cache_dir, **targets)
     train, dropped, longest = drop_long(train, processor, sft_config.max_length)
     evaluation = None
     if data.eval_split:
-        evaluation, _, _ = drop_long(build_mixture(data, data.eval_split, cache_dir=cache_dir), processor, sft_config.max_length)
+        evaluation, _, _ = drop_long(build_mixture(data, data.eval_split, cache_dir=cache_dir, **targets), processor, sft_config.max_length)
     sft_config.max_length = None  # over-long rows were dropped above; never let the collator truncate image tokens
     trainable = parts.trainable_parts()
     peft_config = get_peft_config(model_args)
@@ -165,9 +216,10 @@ def make_trainer(data: DataArguments, parts: PartsArguments, model_args, sft_con
     logger.info("trainable parameters per part:\n%s", format_summary(summary))
     trainer.qid_stats = {"dropped_long_samples": dropped, "train_rows": len(train), "trainable": summary}
     qid_config = QidModelConfig(
-        box_format=data.box_format, min_pixels=processor.image_processor.size["shortest_edge"],
-        max_pixels=processor.image_processor.size["longest_edge"], max_answer_tokens=longest,
-        base_model=model_args.model_name_or_path, data=data.data_dir, display_name=data.display_name, train_configs=parse_mix(data.mix),
+        box_format=box_format, model_type=family, **image_budget(processor), max_answer_tokens=longest,
+        base_model=model_args.model_name_or_path, data=data.data_dir, display_name=data.display_name,
+        categories=dataset_categories(data.data_dir, data.train_split),
+        train_configs=parse_mix(data.mix),
     )
     return trainer, qid_config
 
@@ -203,11 +255,14 @@ def main(argv: list[str] | None = None) -> Path:
     if parts.tiny:
         from .tiny_model import TinyModelConfig, build_model, build_processor
 
-        texts = [row["completion"][0]["content"][0]["text"] for row in build_mixture(data, data.train_split)]
-        tiny = TinyModelConfig(min_pixels=parts.min_pixels, max_pixels=parts.max_pixels)
+        tiny = TinyModelConfig(family=parts.tiny_family)
+        tiny.min_pixels = parts.min_pixels or tiny.min_pixels
+        tiny.max_pixels = parts.max_pixels or tiny.max_pixels
+        box_format = data.box_format or FAMILY_BOX_FORMATS[tiny.family]  # the tokenizer learns the targets' text
+        texts = [row["completion"][0]["content"][0]["text"] for row in build_mixture(data, data.train_split, box_format=box_format)]
         processor = build_processor(texts, tiny)
         model = build_model(processor, tiny)
-        model_args.model_name_or_path = "qwen_instruct_det tiny Qwen2-VL (random init)"
+        model_args.model_name_or_path = f"qwen_instruct_det tiny {parts.tiny_family} (random init)"
     trainer, qid_config = make_trainer(data, parts, model_args, sft_config, model=model, processor=processor)
     trainer.train(resume_from_checkpoint=sft_config.resume_from_checkpoint)
     out = save_trained(trainer, trainer.processing_class, qid_config)

@@ -1,4 +1,4 @@
-"""The tiny model mirrors the real Qwen2-VL where it matters: tokens, template, image tokens."""
+"""The tiny models mirror the real Qwen-VL generations where it matters: tokens, templates, patches, classes."""
 
 from __future__ import annotations
 
@@ -7,13 +7,25 @@ from PIL import Image
 
 pytest.importorskip("transformers")
 
-from qwen_instruct_det import tiny_model  # noqa: E402
+from qwen_instruct_det import modeling, tiny_model  # noqa: E402
+
+PROMPT = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "Draw the bounding box of objects"}]}]
+CLASSES = {  # family: (processor, model, patch size in pixels)
+    "qwen2_vl": ("Qwen2VLProcessor", "Qwen2VLForConditionalGeneration", 14),
+    "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2_5_VLForConditionalGeneration", 14),
+    "qwen3_vl": ("Qwen3VLProcessor", "Qwen3VLForConditionalGeneration", 16),
+}
 
 
-@pytest.fixture(scope="module")
-def processor():
-    texts = ["<|object_ref_start|>circle<|object_ref_end|><|box_start|>(10,20),(30,40)<|box_end|>", "circle: 2", "Draw the bounding box of objects"]
-    return tiny_model.build_processor(texts, tiny_model.TinyModelConfig(vocab_size=300))
+@pytest.fixture(scope="module", params=tiny_model.FAMILIES)
+def processor(request):
+    texts = ["<|object_ref_start|>circle<|object_ref_end|><|box_start|>(10,20),(30,40)<|box_end|>", "circle: 2",
+             '[{"bbox_2d": [10, 20, 30, 40], "label": "circle"}]', "Draw the bounding box of objects"]
+    return tiny_model.build_processor(texts, tiny_model.TinyModelConfig(family=request.param, vocab_size=300))
+
+
+def _family(processor) -> str:
+    return next(f for f, (name, *_) in CLASSES.items() if type(processor).__name__ == name)
 
 
 def test_special_tokens_follow_the_bpe_vocabulary_in_qwen2_order(processor):
@@ -26,33 +38,58 @@ def test_special_tokens_follow_the_bpe_vocabulary_in_qwen2_order(processor):
     assert tok.tokenize("<|box_start|>(123,4)<|box_end|>") == ["<|box_start|>", "(", "1", "2", "3", ",", "4", ")", "<|box_end|>"]
 
 
-def test_chat_template_renders_like_qwen2_vl(processor):
-    messages = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "Draw the bounding box of objects"}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert text == (
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-        "<|vision_start|><|image_pad|><|vision_end|>Draw the bounding box of objects<|im_end|>\n<|im_start|>assistant\n"
-    )
+def test_chat_template_renders_like_the_family(processor):
+    text = processor.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
+    turn = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Draw the bounding box of objects<|im_end|>\n"
+            "<|im_start|>assistant\n")
+    if _family(processor) == "qwen3_vl":  # no default system turn
+        assert text == turn
+    else:
+        assert text == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" + turn
     answer = [{"role": "assistant", "content": [{"type": "text", "text": "circle: 2"}]}]
-    assert processor.apply_chat_template(messages + answer, tokenize=False).endswith("<|im_start|>assistant\ncircle: 2<|im_end|>\n")
+    assert processor.apply_chat_template(PROMPT + answer, tokenize=False).endswith("<|im_start|>assistant\ncircle: 2<|im_end|>\n")
+    system = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]}]
+    assert processor.apply_chat_template(system + PROMPT, add_generation_prompt=True, tokenize=False) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n" + turn)
 
 
 def test_image_pad_expands_to_one_token_per_merged_patch_group(processor):
-    image = Image.new("RGB", (112, 84), (200, 30, 30))  # 112x84 -> 8x6 patches of 14 -> 4x3 groups of 2x2
-    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
-                                         add_generation_prompt=True, tokenize=False)
+    patch = CLASSES[_family(processor)][2]
+    assert processor.image_processor.patch_size == patch and processor.image_processor.merge_size == 2
+    # 112x84 -> Qwen2/2.5-VL: 112x84 px, 8x6 patches of 14 -> 4x3 groups; Qwen3-VL: 128x96 px, 8x6 patches of 16 -> 4x3 groups
+    image = Image.new("RGB", (112, 84), (200, 30, 30))
+    text = processor.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
     enc = processor(images=[image], text=[text], return_tensors="pt")
     pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    assert int((enc["input_ids"] == pad).sum()) == 12
+    assert int((enc["input_ids"] == pad).sum()) == 12 == modeling.image_tokens(processor, 112, 84)
     assert enc["image_grid_thw"].tolist() == [[1, 6, 8]]
+    assert enc["pixel_values"].shape[-1] == 3 * 2 * patch * patch
+    assert modeling.resized_size(processor, 112, 84) == ((112, 84) if patch == 14 else (128, 96))
 
 
-def test_model_config_is_consistent(processor):
-    model = tiny_model.build_model(processor, tiny_model.TinyModelConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=1, vision_depth=1))
-    cfg = model.config
-    head = cfg.text_config.hidden_size // cfg.text_config.num_attention_heads
-    assert sum(cfg.text_config.rope_parameters["mrope_section"]) == head // 2
-    assert cfg.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    assert cfg.vision_config.hidden_size == cfg.text_config.hidden_size
+def test_model_is_the_family_class_and_generates(processor):
+    import torch
+
+    family = _family(processor)
+    cfg = tiny_model.TinyModelConfig(family=family, hidden_size=64, num_attention_heads=4, num_hidden_layers=1, vision_depth=1)
+    model = tiny_model.build_model(processor, cfg)
+    assert type(model).__name__ == CLASSES[family][1] and model.config.model_type == family
+    text_cfg = model.config.text_config
+    head = text_cfg.hidden_size // text_cfg.num_attention_heads
+    assert sum(text_cfg.rope_parameters["mrope_section"]) == head // 2
+    assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert model.config.vision_config.patch_size == CLASSES[family][2]
+    if family == "qwen3_vl":
+        assert len(model.model.visual.deepstack_merger_list) == 1  # one per vision block, at most 3
+    text = processor.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
+    enc = processor(images=[Image.new("RGB", (84, 84))], text=[text], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert out.shape[1] == enc["input_ids"].shape[1] + 3
     with pytest.raises(ValueError, match="even head size"):
-        tiny_model.build_model(processor, tiny_model.TinyModelConfig(hidden_size=60, num_attention_heads=4))
+        tiny_model.build_model(processor, tiny_model.TinyModelConfig(family=family, hidden_size=60, num_attention_heads=4))
+
+
+def test_unknown_family_is_refused():
+    with pytest.raises(ValueError, match="qwen2_5_vl"):
+        tiny_model.TinyModelConfig(family="qwen4_vl")

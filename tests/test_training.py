@@ -290,19 +290,34 @@ def test_two_process_cpu_training_with_torchrun(eight, tmp_path):
     assert (tmp_path / "out" / "qid_config.json").is_file()
 
 
-def test_seed_recipe_parses_and_flags_override():
+RECIPES = {  # file: (model, box format named in the file, min_pixels, max_pixels)
+    "seed_recipe.yaml": ("Qwen/Qwen2-VL-2B-Instruct", None, 3136, 1003520),
+    "qwen2_5_vl_3b.yaml": ("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5", 3136, 1003520),
+    "qwen3_vl_2b.yaml": ("Qwen/Qwen3-VL-2B-Instruct", "qwen3", 65536, 1310720),
+}
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_recipes_parse_with_trl_and_flags_override(recipe, caplog):
     from pathlib import Path
 
-    recipe = Path(__file__).resolve().parents[1] / "configs" / "seed_recipe.yaml"
+    path = Path(__file__).resolve().parents[1] / "configs" / recipe
     data, parts, model_args, sft = training.make_parser().parse_args_and_config(
-        args=["--config", str(recipe), "--learning_rate", "1e-4", "--use_cpu", "true"])  # bf16 checks want a GPU otherwise
-    assert (model_args.lora_r, model_args.lora_alpha, model_args.use_peft) == (32, 64, True)
+        args=["--config", str(path), "--learning_rate", "1e-4", "--use_cpu", "true"])  # bf16 checks want a GPU otherwise
+    model, box_format, min_pixels, max_pixels = RECIPES[recipe]
+    assert (model_args.model_name_or_path, data.box_format, parts.min_pixels, parts.max_pixels) == (model, box_format, min_pixels, max_pixels)
+    # the seed's run: every part unfrozen, LoRA r 32 / alpha 64 on all their linear layers
+    assert parts.trainable_parts() == ["vision", "merger", "language_model"]
+    assert (model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.use_peft) == (32, 64, 0.05, True)
+    assert model_args.lora_target_modules is None  # make_trainer fills in the parts' linear layers
     assert (sft.num_train_epochs, sft.per_device_train_batch_size, sft.gradient_accumulation_steps) == (10, 1, 4)
     assert sft.lr_scheduler_type == "cosine" and sft.warmup_steps == 0.05 and sft.max_length == 2048 and sft.bf16
     assert sft.learning_rate == 1e-4  # the flag wins over the file
-    assert parts.trainable_parts() == ["language_model"]
     assert training.parse_mix(data.mix)["detection"] == 0.5
-    assert modeling.lora_target_regex(parts.trainable_parts()).count("language_model") == 1
+    family = {"Qwen2-VL": "qwen2_vl", "Qwen2.5-VL": "qwen2_5_vl", "Qwen3-VL": "qwen3_vl"}[model.split("/")[1].rsplit("-", 2)[0]]
+    with caplog.at_level("WARNING"):
+        assert modeling.box_format_for(family, data.box_format) == modeling.FAMILY_BOX_FORMATS[family]
+    assert not caplog.records  # the recipe's format is the model's own
 
 
 def test_predict_command_on_a_split_and_on_an_image_folder(eight, memorised, tmp_path, capsys):
@@ -317,9 +332,10 @@ def test_predict_command_on_a_split_and_on_an_image_folder(eight, memorised, tmp
     assert cli.main(["evaluate", str(preds), "--out", str(tmp_path / "report")]) == 0
     assert json.loads((tmp_path / "report" / "report.json").read_text())["det_iou50"]["f1"] == 1.0
     folder = tmp_path / "folder.jsonl"
-    assert cli.main(["predict", str(out), "--images", str(root / "data" / "val2017"), "--out", str(folder)]) == 0
+    # the memorised images as a plain folder: every one gets its boxes back, without truth (unseen images may not)
+    assert cli.main(["predict", str(out), "--images", str(root / "data" / "train2017"), "--out", str(folder)]) == 0
     records = [json.loads(line) for line in folder.read_text().splitlines()]
-    assert len(records) == 4 and all("truth" not in r and r["detections"]["boxes"] for r in records)
+    assert len(records) == 8 and all("truth" not in r and r["detections"]["boxes"] for r in records), [r["text"] for r in records]
     assert cli.main(["predict", str(out), "--out", str(folder)]) == 2  # neither a split nor a folder
     assert "exactly one of" in capsys.readouterr().err
 

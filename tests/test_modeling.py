@@ -1,0 +1,150 @@
+"""Model parts, LoRA targets and trainable counts on the published configurations of every Qwen-VL generation.
+
+The models are built on the meta device (shapes only, no memory) from the values of each
+checkpoint's config.json on the Hub, written out below in transformers 5's form
+(``rope_parameters`` for the old ``rope_scaling`` + ``rope_theta``). Expected counts are
+worked out by hand from those values, not read back from the model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from qwen_instruct_det import modeling  # noqa: E402
+
+# https://huggingface.co/Qwen/Qwen2-VL-2B-Instruct/blob/main/config.json
+QWEN2_VL_2B = {
+    "model_type": "qwen2_vl",
+    "text_config": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+                    "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}},
+    "vision_config": {"depth": 32, "embed_dim": 1280, "mlp_ratio": 4, "num_heads": 16, "hidden_size": 1536, "patch_size": 14,
+                      "spatial_merge_size": 2, "temporal_patch_size": 2},
+    "tie_word_embeddings": True,
+}
+# https://huggingface.co/Qwen/Qwen2.5-VL-3B-Instruct/blob/main/config.json
+QWEN2_5_VL_3B = {
+    "model_type": "qwen2_5_vl",
+    "text_config": {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
+                    "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}},
+    "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 2048,
+                      "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+                      "fullatt_block_indexes": [7, 15, 23, 31], "hidden_act": "silu"},
+    "tie_word_embeddings": True,
+}
+# https://huggingface.co/Qwen/Qwen3-VL-2B-Instruct/blob/main/config.json
+QWEN3_VL_2B = {
+    "model_type": "qwen3_vl",
+    "text_config": {"hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28, "num_attention_heads": 16,
+                    "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936, "tie_word_embeddings": True,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20], "mrope_interleaved": True}},
+    "vision_config": {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16, "out_hidden_size": 2048,
+                      "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 2304,
+                      "deepstack_visual_indexes": [5, 11, 17], "hidden_act": "gelu_pytorch_tanh"},
+    "tie_word_embeddings": True,
+}
+# https://huggingface.co/Qwen/Qwen3-VL-4B-Instruct/blob/main/config.json
+QWEN3_VL_4B = {
+    "model_type": "qwen3_vl",
+    "text_config": {"hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36, "num_attention_heads": 32,
+                    "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936, "tie_word_embeddings": True,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20], "mrope_interleaved": True}},
+    "vision_config": {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16, "out_hidden_size": 2560,
+                      "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 2304,
+                      "deepstack_visual_indexes": [5, 11, 17], "hidden_act": "gelu_pytorch_tanh"},
+    "tie_word_embeddings": True,
+}
+PUBLISHED = {"Qwen2-VL-2B-Instruct": QWEN2_VL_2B, "Qwen2.5-VL-3B-Instruct": QWEN2_5_VL_3B, "Qwen3-VL-2B-Instruct": QWEN3_VL_2B,
+             "Qwen3-VL-4B-Instruct": QWEN3_VL_4B}
+R = 32
+
+
+def _meta_model(spec: dict):
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.for_model(**spec)
+    with torch.device("meta"):
+        return AutoModelForImageTextToText.from_config(config)
+
+
+@pytest.fixture(scope="module", params=list(PUBLISHED))
+def published(request):
+    return request.param, PUBLISHED[request.param], _meta_model(PUBLISHED[request.param])
+
+
+def _linears(model) -> dict[str, torch.nn.Linear]:
+    """Every nn.Linear except the output head (tied to the input embeddings; PEFT's all-linear leaves it out too)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")}
+
+
+def _lora_by_hand(spec: dict) -> dict[str, int]:
+    """LoRA r=32 parameters per part: r * (in + out) for every linear layer, from the config's numbers."""
+    t, v = spec["text_config"], spec["vision_config"]
+    h, i, layers = t["hidden_size"], t["intermediate_size"], t["num_hidden_layers"]
+    head = t.get("head_dim", h // t["num_attention_heads"])
+    q, kv = t["num_attention_heads"] * head, t["num_key_value_heads"] * head
+    language = layers * ((h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h))
+    family = spec["model_type"]
+    if family == "qwen2_vl":
+        w, vi, out = v["embed_dim"], v["embed_dim"] * v["mlp_ratio"], v["hidden_size"]
+        mlp = (w + vi) + (vi + w)  # fc1, fc2
+    elif family == "qwen2_5_vl":
+        w, vi, out = v["hidden_size"], v["intermediate_size"], v["out_hidden_size"]
+        mlp = 2 * (w + vi) + (vi + w)  # gate_proj, up_proj, down_proj
+    else:
+        w, vi, out = v["hidden_size"], v["intermediate_size"], v["out_hidden_size"]
+        mlp = (w + vi) + (vi + w)  # linear_fc1, linear_fc2
+    vision = v["depth"] * ((w + 3 * w) + (w + w) + mlp)  # qkv, proj, MLP
+    merged = w * v["spatial_merge_size"] ** 2  # a 2x2 group of patch features, concatenated
+    mergers = 1 + len(v.get("deepstack_visual_indexes", []))  # Qwen3-VL: the merger and one per deepstack layer
+    merger = mergers * ((merged + merged) + (merged + out))
+    return {"vision": R * vision, "merger": R * merger, "language_model": R * language}
+
+
+def test_part_of_names_every_generation():
+    assert modeling.part_of("model.visual.blocks.3.mlp.linear_fc1.weight") == "vision"
+    assert modeling.part_of("model.visual.merger.mlp.0.weight") == "merger"
+    assert modeling.part_of("model.visual.merger.linear_fc2.bias") == "merger"
+    assert modeling.part_of("base_model.model.model.visual.deepstack_merger_list.2.linear_fc1.lora_A.default.weight") == "merger"
+    assert modeling.part_of("model.visual.deepstack_merger_list.0.norm.weight") == "merger"
+    assert modeling.part_of("model.visual.patch_embed.proj.weight") == "vision"
+    assert modeling.part_of("model.language_model.embed_tokens.weight") == "language_model"
+    assert modeling.part_of("lm_head.weight") == "language_model"
+
+
+def test_lora_regex_targets_exactly_the_linear_layers_of_the_unfrozen_parts(published):
+    name, _, model = published
+    linears = _linears(model)
+    assert {modeling.part_of(n) for n in linears} == set(modeling.PARTS)
+    for k in range(1, len(modeling.PARTS) + 1):
+        for parts in itertools.combinations(modeling.PARTS, k):
+            regex = re.compile(modeling.lora_target_regex(list(parts)))
+            wrong = [n for n in linears if bool(regex.fullmatch(n)) != (modeling.part_of(n) in parts)]
+            assert not wrong, f"{name}, trainable {parts}: {wrong[:5]}"
+
+
+def test_lora_r32_trainable_parameters_per_part_match_the_hand_count(published):
+    from peft import LoraConfig, get_peft_model
+
+    name, spec, model = published
+    config = LoraConfig(r=R, lora_alpha=2 * R, target_modules=modeling.lora_target_regex(list(modeling.PARTS)))
+    summary = modeling.trainable_summary(get_peft_model(model, config, low_cpu_mem_usage=True))  # LoRA weights on meta too
+    assert {p: summary[p]["trainable"] for p in modeling.PARTS} == _lora_by_hand(spec), name
+
+
+def test_full_fine_tuning_of_the_merger_includes_qwen3_vl_deepstack_mergers():
+    model = _meta_model(QWEN3_VL_2B)
+    modeling.set_trainable_parts(model, ["merger"])
+    summary = modeling.trainable_summary(model)
+    w, m, out = 1024, 4096, 2048
+    main = 2 * w + (m * m + m) + (m * out + out)  # LayerNorm over one patch feature, linear_fc1, linear_fc2
+    deepstack = 3 * (2 * m + (m * m + m) + (m * out + out))  # LayerNorm over the merged feature, linear_fc1, linear_fc2
+    assert deepstack == 75_540_480
+    assert summary["merger"] == {"trainable": main + deepstack, "total": main + deepstack}
+    assert summary["vision"]["trainable"] == summary["language_model"]["trainable"] == 0
