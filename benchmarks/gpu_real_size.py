@@ -117,8 +117,8 @@ def run_family(family: str, args, work: str, cuda: bool) -> None:
                     dataloader_num_workers=2 if cuda else 0)
     model_args = ModelConfig(model_name_or_path=f"{family} published shape (random)", use_peft=True, lora_r=32, lora_alpha=64, lora_dropout=0.05)
     parts = training.PartsArguments(freeze_vision=False, freeze_merger=False, freeze_llm=False)  # the seed's run: all three parts
-    trainer, qc = training.make_trainer(data, parts, model_args, sft, model=model, processor=processor, cache_dir=f"{work}/cache")
-    trainable = sum(s["trainable"] for s in trainer.qid_stats["trainable"].values())
+    trainer, qc, stats = training.make_trainer(data, parts, model_args, sft, model=model, processor=processor, cache_dir=f"{work}/cache")
+    trainable = sum(s["trainable"] for s in stats["trainable"].values())
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -143,8 +143,8 @@ def run_family(family: str, args, work: str, cuda: bool) -> None:
             torch.cuda.synchronize()
         rates.append(len(val) * args.new_tokens / (time.perf_counter() - t))
     print(f"{family}: {n_params / 1e6:,.1f}M parameters ({trainable / 1e6:,.1f}M trainable LoRA), box format {qc.box_format}, "
-          f"budget {qc.min_pixels}-{qc.max_pixels} px, {trainer.qid_stats['train_rows']} rows "
-          f"({trainer.qid_stats['dropped_long_samples']} over max_length dropped)")
+          f"budget {qc.min_pixels}-{qc.max_pixels} px, {stats['train_rows']} rows "
+          f"({stats['dropped_long_samples']} over max_length dropped)")
     print(f"  training (LoRA r32 on all parts, bf16={cuda}, batch 1 x 4, gradient checkpointing={cuda}): {samples:.2f} samples/s "
           f"over {args.steps} steps; peak GPU memory {peak:.1f} GiB")
     print(f"  generation: {statistics.median(rates):.0f} new tokens/s (batch {len(val)}, {args.new_tokens} tokens, median of 3)", flush=True)

@@ -121,7 +121,7 @@ def run_grpo(start: Path, data_dir: Path, args, seed: int, out: Path):
                         temperature=1.0, beta=args.beta, logging_steps=1)
     grpo_args = grpo.GrpoArguments(data_dir=str(data_dir), builder_seed=seed, detection_kind=args.kind, freeze_vision=False,
                                    freeze_merger=False)
-    trainer, _ = grpo.make_trainer(grpo_args, ModelConfig(model_name_or_path=str(start), use_peft=False), config,
+    trainer, _, _ = grpo.make_trainer(grpo_args, ModelConfig(model_name_or_path=str(start), use_peft=False), config,
                                    cache_dir=str(out.parent / "hf_cache"))
     return trainer
 
@@ -134,9 +134,9 @@ def run_sft(start: Path, data_dir: Path, args, seed: int, out: Path):
 
     qc = QidModelConfig.load(start)
     config = SFTConfig(**_common(out, args.sft_lr, seed), per_device_train_batch_size=args.sft_batch, max_length=1024, logging_steps=5)
-    data = training.DataArguments(data_dir=str(data_dir), mix="detection=1.0", display_name=qc.display_name, mix_seed=seed)
+    data = training.DataArguments(data_dir=str(data_dir), mix="detection=1.0", display_name=qc.display_name, build_seed=seed)
     parts = training.PartsArguments(freeze_vision=False, freeze_merger=False, min_pixels=qc.min_pixels, max_pixels=qc.max_pixels)
-    trainer, _ = training.make_trainer(data, parts, ModelConfig(model_name_or_path=str(start), use_peft=False), config,
+    trainer, _, _ = training.make_trainer(data, parts, ModelConfig(model_name_or_path=str(start), use_peft=False), config,
                                        cache_dir=str(out.parent / "hf_cache"))
     return trainer
 

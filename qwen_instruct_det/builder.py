@@ -187,6 +187,18 @@ def load_split(config: str, split: str, cache_dir: str | None = None, **config_k
     return builder.as_dataset(split=split)
 
 
+def category_names(split: str, **config_kwargs) -> list[str]:
+    """The data set's category names as its annotation file spells them (after any category filter), in id order.
+
+    Loading them checks the split's annotation file and images, so callers that load a model can check the data first.
+    """
+    builder = QwenInstructDet(config_name="detection", **config_kwargs)
+    files = builder._split_files()
+    if split not in files:
+        raise ValueError(f"{config_kwargs.get('data_dir') or config_kwargs.get('annotation_files')} has no split {split!r}; it has {list(files)}.")
+    return list(prepare_index(*files[split], builder.config).category_names)
+
+
 def config_names(config: str | list[str]) -> list[str]:
     """'all', one name, a comma list or a list of names to a checked list of configuration names."""
     if isinstance(config, str):

@@ -78,7 +78,7 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
                                       max_pixels=args.image_size ** 2, rope_theta=args.rope_theta, seed=args.seed)
     box_format = FAMILY_BOX_FORMATS[args.family]
     progress(f"[2/6] instruction data: {args.mix} ({box_format} box format)")
-    data_args = training.DataArguments(data_dir=str(data_dir), mix=args.mix, display_name="Shapes", mix_seed=args.seed)
+    data_args = training.DataArguments(data_dir=str(data_dir), mix=args.mix, display_name="Shapes", build_seed=args.seed)
     cache = str(out / "hf_cache")
     train_rows = training.build_mixture(data_args, "train", cache_dir=cache, box_format=box_format, min_pixels=tiny.min_pixels,
                                         max_pixels=tiny.max_pixels)
@@ -99,15 +99,15 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
     )
     model_args = ModelConfig(model_name_or_path=f"tiny {args.family} (random init)", use_peft=False)
     parts = training.PartsArguments(freeze_vision=False, freeze_merger=False, freeze_llm=False, tiny=True, tiny_family=args.family)
-    trainer, qid_config = training.make_trainer(data_args, parts, model_args, sft, model=model, processor=processor, cache_dir=cache)
+    trainer, qid_config, stats = training.make_trainer(data_args, parts, model_args, sft, model=model, processor=processor, cache_dir=cache)
     t = time.perf_counter()
     result = trainer.train()
     timings["train"] = time.perf_counter() - t
-    model_dir = training.save_trained(trainer, processor, qid_config)
+    model_dir = training.save_trained(trainer, processor, qid_config, stats)
 
     progress(f"[5/6] predicting {args.val_images} held-out images")
     val = load_split("detection", "validation", cache_dir=cache, data_dir=data_args.data_dir, display_name=data_args.display_name,
-                     seed=data_args.mix_seed, **training.target_options(processor, qid_config.box_format))
+                     seed=data_args.build_seed, **training.target_options(processor, qid_config.box_format))
     model.eval()
     preds_path = out / "predictions.jsonl"
     if preds_path.exists():
@@ -124,8 +124,8 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
     pictures = visualize.visualize_records(records, out / "pictures", limit=16)
     timings["total"] = time.perf_counter() - start
     report["demo"] = {
-        "arguments": asdict(args), "parameters": n_params, "train_rows": trainer.qid_stats["train_rows"],
-        "dropped_long_samples": trainer.qid_stats["dropped_long_samples"], "final_train_loss": result.training_loss,
+        "arguments": asdict(args), "parameters": n_params, "train_rows": stats["train_rows"],
+        "dropped_long_samples": stats["dropped_long_samples"], "final_train_loss": result.training_loss,
         "seconds": {k: round(v, 1) for k, v in timings.items()}, "predict_counts": counts, "model_dir": str(model_dir),
         "grid": str(pictures[-1]),
     }

@@ -18,11 +18,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .formats import normalize_label
 from .matching import Detections, check_detections, detection_scores
+
+if TYPE_CHECKING:
+    from .inference import PredictionRecord
 
 COCO_STATS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
               "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
@@ -100,7 +104,7 @@ def _category_ids(categories: Sequence[str], labels: list[str]) -> tuple[dict[st
     return {label: ids[key] for label, key in spellings.items()}, names
 
 
-def read_predictions(path: str | os.PathLike) -> list[dict]:
+def read_predictions(path: str | os.PathLike) -> list[PredictionRecord]:
     """Records of a predictions JSONL file, checked for the keys the report needs."""
     records = []
     with open(path) as f:
@@ -120,7 +124,7 @@ def read_predictions(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def evaluate_records(records: list[dict], iou_threshold: float = 0.5, matching: str = "greedy") -> dict:
+def evaluate_records(records: list[PredictionRecord], iou_threshold: float = 0.5, matching: str = "greedy") -> dict:
     """det_iou50 (overall and per class), COCO mAP, and what the parser could not read."""
     predictions = [r["detections"] for r in records]
     references = [dict(r["truth"], image_id=r.get("image_id", i + 1)) for i, r in enumerate(records)]

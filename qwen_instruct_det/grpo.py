@@ -162,13 +162,13 @@ def make_trainer(args: GrpoArguments, model_args, grpo_config, cache_dir: str | 
                           processing_class=processor, peft_config=peft_config)
     summary = trainable_summary(trainer.model)
     logger.info("trainable parameters per part:\n%s", format_summary(summary))
-    trainer.qid_stats = {"train_rows": len(train), "trainable": summary, "grpo_start": model_args.model_name_or_path,
+    stats = {"train_rows": len(train), "trainable": summary, "grpo_start": model_args.model_name_or_path,
                          "grpo_rewards": [f.__name__ for f in reward_funcs], "grpo_iou_threshold": args.iou_threshold}
     qc.data = args.data_dir
-    return trainer, qc
+    return trainer, qc, stats
 
 
-def save(trainer, qid_config: QidModelConfig, output_dir: str | None = None) -> Path:
+def save(trainer, qid_config: QidModelConfig, stats: dict | None = None, output_dir: str | None = None) -> Path:
     """Save like ``qid train`` (adapter or model, processor, qid_config.json), without TRL's KL reference adapter."""
     from peft import PeftModel
 
@@ -177,7 +177,7 @@ def save(trainer, qid_config: QidModelConfig, output_dir: str | None = None) -> 
     model = trainer.accelerator.unwrap_model(trainer.model)
     if isinstance(model, PeftModel) and "ref" in model.peft_config:
         model.delete_adapter("ref")  # the frozen copy GRPOTrainer adds when an adapter trains on with beta > 0
-    return save_trained(trainer, trainer.processing_class, qid_config, output_dir)
+    return save_trained(trainer, trainer.processing_class, qid_config, stats, output_dir)
 
 
 def make_parser():
@@ -189,9 +189,9 @@ def make_parser():
 def main(argv: list[str] | None = None) -> Path:
     """``qid grpo``: parse flags / ``--config recipe.yaml``, train with GRPO, save adapter + processor + qid_config.json."""
     args, model_args, grpo_config = make_parser().parse_args_and_config(args=argv)
-    trainer, qid_config = make_trainer(args, model_args, grpo_config)
+    trainer, qid_config, stats = make_trainer(args, model_args, grpo_config)
     trainer.train(resume_from_checkpoint=grpo_config.resume_from_checkpoint)
-    out = save(trainer, qid_config)
+    out = save(trainer, qid_config, stats)
     logger.info("saved to %s", out)
     return out
 

@@ -9,7 +9,6 @@ tested and loaded before anything leaves the machine:
   (and ``load_dataset(folder, "count")`` works locally).
 - ``model_card``: the card of an adapter or merged model: base model, data, recipe, the
   box format and image budget, and the evaluation table when there is one.
-- ``merge``: the adapter folded into its base model, saved with processor and qid config.
 
 ``upload`` is the only function that talks to the Hub (through ``huggingface_hub``); the
 token comes from the usual login (``hf auth login`` or ``HF_TOKEN``) and is never written.
@@ -142,19 +141,6 @@ def model_card(folder: str | os.PathLike, kind: str, recipe: dict | None = None,
     target.mkdir(parents=True, exist_ok=True)
     (target / "README.md").write_text("\n".join(yaml + [""] + body))
     return target / "README.md"
-
-
-def merge(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, base_model: str | None = None) -> Path:
-    """Fold a LoRA adapter into its base model; save the standalone model, processor and qid config."""
-    from .modeling import load_for_inference
-
-    model, processor, qc = load_for_inference(str(adapter_dir), base_model=base_model)
-    merged = model.merge_and_unload()
-    out = Path(out_dir)
-    merged.save_pretrained(out)
-    processor.save_pretrained(out)
-    qc.save(out)
-    return out
 
 
 def upload(folder: str | os.PathLike, repo_id: str, repo_type: str = "model", private: bool = True, commit_message: str | None = None,

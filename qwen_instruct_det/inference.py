@@ -19,16 +19,19 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
 from .formats import get_box_format
+from .matching import Detections
 from .modeling import resized_size
+from .tasks import JSON_DETECTION_PROMPT
 
 logger = logging.getLogger(__name__)
 
-JSON_GROUNDING_PROMPT = 'Locate every instance that belongs to the following categories: "{categories}". Report bbox coordinates in JSON format.'
-"""Qwen2.5-VL's and Qwen3-VL's grounding prompt (their cookbooks' wording); ``{categories}`` takes the names, comma-separated."""
+JSON_GROUNDING_PROMPT = JSON_DETECTION_PROMPT
+"""Qwen2.5-VL's and Qwen3-VL's grounding prompt (their cookbooks' wording; the builder's for those formats)."""
 
 
 def zero_shot_prompt(box_format: str) -> str | None:
@@ -115,8 +118,24 @@ def box_confidences(gen: Generation, spans: list[tuple[int, int]]) -> list[float
     return scores
 
 
+class PredictionRecord(TypedDict, total=False):
+    """One line of a predictions file: written by :func:`predict`, read by evaluation, visualize and resume."""
+
+    image_id: int | str
+    image: str | None
+    width: int
+    height: int
+    text: str
+    detections: Detections
+    unparsed: int
+    dropped: int
+    unknown_labels: list[str]
+    truncated: bool
+    truth: Detections
+
+
 def predict(model, processor, rows: Iterable[dict], box_format: str = "qwen2", batch_size: int = 8, max_new_tokens: int = 512,
-            categories: list[str] | None = None) -> Iterator[dict]:
+            categories: list[str] | None = None) -> Iterator[PredictionRecord]:
     """Records for rows that carry ``images``, ``prompt``, ``width``, ``height`` (and ``objects``, ``image_id`` when known)."""
     fmt = get_box_format(box_format)
     batch: list[dict] = []
@@ -129,20 +148,30 @@ def predict(model, processor, rows: Iterable[dict], box_format: str = "qwen2", b
         yield from _predict_batch(model, processor, batch, fmt, max_new_tokens, categories)
 
 
-def _image_path(image) -> str | None:
-    return getattr(image, "filename", None) or None
+def _open(image):
+    """A row's image as the model sees it (EXIF orientation applied) and its path; decode errors name the file."""
+    from io import BytesIO
+
+    from .images import open_image
+
+    if not isinstance(image, dict):  # already decoded by datasets
+        return image, getattr(image, "filename", None) or None
+    if image.get("path") and (image.get("bytes") is None or os.path.isfile(image["path"])):
+        return open_image(image["path"]), image["path"]
+    return open_image(BytesIO(image["bytes"])), image.get("path")
 
 
 def _predict_batch(model, processor, batch, fmt, max_new_tokens, categories):
-    images = [row["images"] for row in batch]
+    opened = [[_open(im) for im in row["images"]] for row in batch]
+    images = [[im for im, _ in row] for row in opened]
     gens = generate(model, processor, images, [row["prompt"] for row in batch], max_new_tokens)
-    for row, gen in zip(batch, gens):
+    for row, gen, ((_, path), *_) in zip(batch, gens, opened):
         w, h = int(row["width"]), int(row["height"])
         size = resized_size(processor, w, h) if fmt.needs_input_size else None
         parsed = fmt.parse(gen.text, w, h, input_size=size, categories=categories)
         record = {
             "image_id": row.get("image_id"),
-            "image": _image_path(row["images"][0]),
+            "image": path,
             "width": w,
             "height": h,
             "text": gen.text,
@@ -158,32 +187,56 @@ def _predict_batch(model, processor, batch, fmt, max_new_tokens, categories):
 
 
 def done_ids(path: str | os.PathLike) -> set:
-    """Image ids already in a predictions file (a cut-off last line is ignored and rewritten)."""
-    ids = set()
+    """Image ids already in a predictions file, made ready to append to.
+
+    Every record that parses is kept. Lines that do not (a line cut off by an interrupted run,
+    a corrupt line in the middle) are moved to ``PATH.rejected`` with their line numbers and
+    reported; a file with content but no prediction record at all is refused, never overwritten.
+    """
     p = Path(path)
-    if not p.is_file():
-        return ids
-    good = []
-    with open(p) as f:
-        for line in f:
+    if not p.is_file() or p.stat().st_size == 0:
+        return set()
+    ids, good, bad = set(), [], []
+    with open(p, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                break
-            ids.add(record.get("image_id"))
-            good.append(line)
-    p.write_text("".join(good))
+                record = None
+            if isinstance(record, dict) and "image_id" in record and "detections" in record:
+                ids.add(record["image_id"])
+                good.append(line if line.endswith("\n") else line + "\n")
+            else:
+                bad.append((n, line.rstrip("\n")))
+    if not good:
+        raise ValueError(f"{p}: exists and holds no prediction record (first line: {bad[0][1][:60]!r}); choose another --out, "
+                         "or delete the file if it is a stale predictions file.")
+    if bad:
+        side = p.with_name(p.name + ".rejected")
+        with open(side, "a") as f:
+            for n, line in bad:
+                f.write(json.dumps({"line": n, "text": line}) + "\n")
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text("".join(good))
+        os.replace(tmp, p)
+        logger.warning("%s: %d line(s) that are not prediction records (line %s) moved to %s; %d records kept",
+                       p, len(bad), ", ".join(str(n) for n, _ in bad[:10]), side, len(good))
     return ids
 
 
 def predict_to_file(model, processor, dataset, path: str | os.PathLike, box_format: str = "qwen2", batch_size: int = 8,
                     max_new_tokens: int = 512, categories=None, progress: bool = True) -> dict:
     """Append predictions for the rows not yet in ``path``; returns counts (done before, written, truncated)."""
+    import datasets
     from tqdm.auto import tqdm
 
     before = done_ids(path)
     todo = [i for i, image_id in enumerate(dataset["image_id"]) if image_id not in before]
     rows = dataset.select(todo)
+    if isinstance(rows.features.get("images"), datasets.List):  # decode here, so that a bad file is named
+        rows = rows.cast_column("images", datasets.List(datasets.Image(decode=False)))
     written = truncated = 0
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f, tqdm(total=len(todo), desc="predict", unit="img", disable=not progress) as bar:

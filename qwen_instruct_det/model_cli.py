@@ -34,24 +34,26 @@ def predict(args: PredictArguments) -> dict:
     A model trained by ``qid train`` is asked as it was trained and parsed with its saved format, budget and
     categories; a plain checkpoint is asked with its family's zero-shot prompt and parsed in its family's format.
     """
-    from .inference import default_max_new_tokens, predict_to_file, with_prompt
+    from .builder import category_names
+    from .inference import default_max_new_tokens, done_ids, predict_to_file, with_prompt
     from .modeling import load_for_inference
-    from .training import dataset_categories
 
     if bool(args.data_dir) == bool(args.images):
         raise ValueError("give exactly one of --data_dir (a COCO-layout folder) or --images (a folder of images).")
+    done_ids(args.out)  # refuses a file that is not a predictions file before any model loads
     model, processor, qc = load_for_inference(args.model, base_model=args.base_model, dtype=args.dtype,
                                               device_map="auto" if _has_cuda() else None, box_format=args.box_format)
     if args.data_dir:
         from .builder import load_split
+        from .training import target_options
 
-        dataset = load_split("detection", args.split, data_dir=args.data_dir, box_format=qc.box_format, display_name=qc.display_name,
-                             min_pixels=processor.image_processor.size["shortest_edge"], max_pixels=processor.image_processor.size["longest_edge"])
+        dataset = load_split("detection", args.split, data_dir=args.data_dir, display_name=qc.display_name,
+                             **target_options(processor, qc.box_format))
     else:
         dataset = _folder_rows(args.images)
     if args.limit:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
-    categories = list(args.categories) or qc.categories or (dataset_categories(args.data_dir, args.split) if args.data_dir else [])
+    categories = list(args.categories) or qc.categories or (category_names(args.split, data_dir=args.data_dir) if args.data_dir else [])
     if qc.detection_prompt:
         dataset = with_prompt(dataset, qc.detection_prompt, categories)
     budget = args.max_new_tokens or default_max_new_tokens(qc.max_answer_tokens)
@@ -67,21 +69,24 @@ def _has_cuda() -> bool:
 
 
 def _folder_rows(folder: str):
+    """Rows for a folder of images (no truth): the builder's columns, sizes as decoded (EXIF orientation applied)."""
     import datasets
-    from PIL import Image
 
+    from . import boxes as B
+    from .builder import FEATURES
+    from .images import read_headers
     from .tasks import DETECTION_PROMPT
 
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".bmp"))
     if not paths:
         raise FileNotFoundError(f"{folder}: no images (.jpg, .png, .webp, .bmp) found.")
-    sizes = [Image.open(p).size for p in paths]
+    stored_w, stored_h, orientation = read_headers(paths, progress=False)
+    widths, heights = B.oriented_size(stored_w, stored_h, orientation)
     prompt = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": DETECTION_PROMPT}]}]
-    features = datasets.Features({"images": datasets.List(datasets.Image()), "prompt": datasets.List({"role": datasets.Value("string"),
-                                  "content": datasets.List({"type": datasets.Value("string"), "text": datasets.Value("string")})}),
-                                  "image_id": datasets.Value("string"), "width": datasets.Value("int32"), "height": datasets.Value("int32")})
-    return datasets.Dataset.from_dict({"images": [[str(p)] for p in paths], "prompt": [prompt] * len(paths), "image_id": [p.name for p in paths],
-                                       "width": [w for w, _ in sizes], "height": [h for _, h in sizes]}, features=features)
+    features = datasets.Features({name: FEATURES[name] for name in ("images", "prompt", "width", "height")})
+    features["image_id"] = datasets.Value("string")  # the file name: images in a folder have no COCO id
+    return datasets.Dataset.from_dict({"images": [[str(p)] for p in paths], "prompt": [prompt] * len(paths), "width": widths.tolist(),
+                                       "height": heights.tolist(), "image_id": [p.name for p in paths]}, features=features)
 
 
 @dataclass
@@ -92,8 +97,8 @@ class MergeArguments:
 
 
 def merge(args: MergeArguments) -> Path:
-    from .hub import merge as merge_adapter
     from .hub import model_card
+    from .modeling import merge as merge_adapter
 
     out = merge_adapter(args.adapter, args.out, base_model=args.base_model)
     report = Path(args.adapter) / "report.json"

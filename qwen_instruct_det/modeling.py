@@ -234,3 +234,14 @@ def set_trainable_parts(model, trainable_parts: list[str]) -> None:
     """Full fine-tuning: gradients for the parameters of the given parts only."""
     for name, param in model.named_parameters():
         param.requires_grad = part_of(name) in trainable_parts
+
+
+def merge(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, base_model: str | None = None) -> Path:
+    """Fold a LoRA adapter into its base model; save the standalone model, processor and qid config."""
+    model, processor, qc = load_for_inference(str(adapter_dir), base_model=base_model)
+    merged = model.merge_and_unload()
+    out = Path(out_dir)
+    merged.save_pretrained(out)
+    processor.save_pretrained(out)
+    qc.save(out)
+    return out

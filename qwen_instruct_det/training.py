@@ -21,6 +21,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .builder import builder_kwargs as builder_kwargs_of
+from .builder import category_names, with_options
 from .modeling import (
     FAMILY_BOX_FORMATS,
     PARTS,
@@ -41,19 +43,20 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class DataArguments:
-    """Which instruction data to train on."""
+class _TrainingData:
+    """Which instruction data to train on; the builder's options follow (declared once, in the builder)."""
 
     data_dir: str | None = field(default=None, metadata={"help": "COCO-2017-layout folder (qid synth writes one)."})
     mix: str = field(default="detection=1.0", metadata={"help": "Configurations and sampling ratios, e.g. 'detection=0.6,count=0.2,full_region=0.2'."})
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str | None = field(default=None, metadata={"help": "Split for evaluation loss (None: no evaluation during training)."})
-    subset: int | None = field(default=None, metadata={"help": "Seeded random subset of N images per configuration."})
     box_format: str | None = field(default=None, metadata={"help": "Box format of the targets: qwen2, qwen2_5 or qwen3 (default: the model "
                                                                     "family's; a different one warns and is recorded)."})
-    display_name: str = field(default="COCO", metadata={"help": "Data set name in none_region answers."})
-    regions_per_object: int = field(default=1, metadata={"help": "Region rows per object."})
-    mix_seed: int = field(default=0, metadata={"help": "Seed of the builder (regions, subsets) and of the mixing."})
+    build_seed: int = field(default=0, metadata={"help": "Seed the instruction data is built (regions, subsets) and mixed with: the builder's seed."})
+
+
+# The processor's budget (PartsArguments) builds the targets, so the builder's own budget fields are left out here.
+DataArguments = with_options("DataArguments", _TrainingData, exclude=("seed", "box_format", "min_pixels", "max_pixels", "resize_factor"))
 
 
 @dataclass
@@ -107,28 +110,14 @@ def build_mixture(data: DataArguments, split: str, cache_dir: str | None = None,
         raise ValueError("data_dir is not set: point it at a COCO-2017-layout folder (qid synth writes one).")
     ratios = parse_mix(data.mix)
     columns = ["images", "prompt", "completion", "task", "width", "height"]
-    options = {"data_dir": data.data_dir, "subset": data.subset, "display_name": data.display_name,
-               "regions_per_object": data.regions_per_object, "seed": data.mix_seed}
+    options = {**builder_kwargs_of(data), "seed": data.build_seed}
     if data.box_format is not None:
         options["box_format"] = data.box_format
     options.update(builder_kwargs)
     parts = [load_split(name, split, cache_dir=cache_dir, **options).select_columns(columns) for name in ratios]
     if len(parts) == 1:
-        return parts[0].shuffle(seed=data.mix_seed)
-    return datasets.interleave_datasets(parts, probabilities=list(ratios.values()), seed=data.mix_seed, stopping_strategy="all_exhausted")
-
-
-def dataset_categories(data_dir: str, split: str) -> list[str]:
-    """The data set's category names, spelled as its annotation file spells them, in category-id order."""
-    import json
-
-    from .builder import COCO_SPLITS
-
-    path = Path(data_dir) / "annotations" / f"instances_{COCO_SPLITS.get(split, split)}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no annotation file for split {split!r} (COCO 2017 layout expected).")
-    categories = json.loads(path.read_text()).get("categories") or []
-    return [str(c["name"]) for c in sorted(categories, key=lambda c: c["id"])]
+        return parts[0].shuffle(seed=data.build_seed)
+    return datasets.interleave_datasets(parts, probabilities=list(ratios.values()), seed=data.build_seed, stopping_strategy="all_exhausted")
 
 
 def target_options(processor, box_format: str) -> dict:
@@ -179,11 +168,12 @@ def drop_long(dataset, processor, max_length: int | None):
 
 
 def make_trainer(data: DataArguments, parts: PartsArguments, model_args, sft_config, model=None, processor=None, cache_dir=None):
-    """An ``SFTTrainer`` ready to train, and the :class:`QidModelConfig` that travels with its output."""
+    """An ``SFTTrainer`` ready to train, the :class:`QidModelConfig` that travels with its output, and the run's statistics."""
     from trl import SFTTrainer, get_peft_config
 
     from .modeling import load_model, load_processor
 
+    categories = category_names(data.train_split, **builder_kwargs_of(data))  # the data is checked before any model loads
     if processor is None:
         if parts.tiny:
             raise ValueError("tiny=True needs the tiny processor and model passed in (qwen_instruct_det.tiny_model.build_*).")
@@ -214,18 +204,18 @@ def make_trainer(data: DataArguments, parts: PartsArguments, model_args, sft_con
                          peft_config=peft_config)
     summary = trainable_summary(trainer.model)
     logger.info("trainable parameters per part:\n%s", format_summary(summary))
-    trainer.qid_stats = {"dropped_long_samples": dropped, "train_rows": len(train), "trainable": summary}
+    stats = {"dropped_long_samples": dropped, "train_rows": len(train), "trainable": summary}
     qid_config = QidModelConfig(
         box_format=box_format, model_type=family, **image_budget(processor), max_answer_tokens=longest,
         base_model=model_args.model_name_or_path, data=data.data_dir, display_name=data.display_name,
-        categories=dataset_categories(data.data_dir, data.train_split),
+        categories=categories,
         train_configs=parse_mix(data.mix),
     )
-    return trainer, qid_config
+    return trainer, qid_config, stats
 
 
-def save_trained(trainer, processor, qid_config: QidModelConfig, output_dir: str | None = None) -> Path:
-    """Save the adapter (or model), the processor and ``qid_config.json`` together."""
+def save_trained(trainer, processor, qid_config: QidModelConfig, stats: dict | None = None, output_dir: str | None = None) -> Path:
+    """Save the adapter (or model), the processor, ``qid_config.json`` and the recipe with the run's ``stats`` together."""
     import json
 
     out = Path(output_dir or trainer.args.output_dir)
@@ -235,7 +225,7 @@ def save_trained(trainer, processor, qid_config: QidModelConfig, output_dir: str
     processor.save_pretrained(str(out))
     qid_config.save(out)
     recipe = {k: v for k, v in trainer.args.to_dict().items() if isinstance(v, (str, int, float, bool, type(None)))}
-    recipe.update(getattr(trainer, "qid_stats", {}))
+    recipe.update(stats or {})
     recipe["world_size"] = trainer.args.world_size
     (out / "training_args.json").write_text(json.dumps(recipe, indent=2, default=str))
     return out
@@ -263,10 +253,10 @@ def main(argv: list[str] | None = None) -> Path:
         processor = build_processor(texts, tiny)
         model = build_model(processor, tiny)
         model_args.model_name_or_path = f"qwen_instruct_det tiny {parts.tiny_family} (random init)"
-    trainer, qid_config = make_trainer(data, parts, model_args, sft_config, model=model, processor=processor)
+    trainer, qid_config, stats = make_trainer(data, parts, model_args, sft_config, model=model, processor=processor)
     trainer.train(resume_from_checkpoint=sft_config.resume_from_checkpoint)
-    out = save_trained(trainer, trainer.processing_class, qid_config)
-    logger.info("saved to %s (%d over-long samples dropped)", out, trainer.qid_stats["dropped_long_samples"])
+    out = save_trained(trainer, trainer.processing_class, qid_config, stats)
+    logger.info("saved to %s (%d over-long samples dropped)", out, stats["dropped_long_samples"])
     return out
 
 

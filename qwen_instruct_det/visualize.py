@@ -13,8 +13,12 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:
+    from .inference import PredictionRecord
 
 TRUTH_COLOUR = (40, 220, 90)
 
@@ -82,7 +86,7 @@ def grid(images: list[Image.Image], columns: int | None = None, pad: int = 6) ->
     return canvas
 
 
-def visualize_records(records: list[dict], out_dir: str | os.PathLike, limit: int = 16, columns: int | None = None) -> list[Path]:
+def visualize_records(records: list[PredictionRecord], out_dir: str | os.PathLike, limit: int = 16, columns: int | None = None) -> list[Path]:
     """Draw the first ``limit`` prediction records (with an ``image`` path) to PNGs plus ``grid.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

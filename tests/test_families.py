@@ -91,7 +91,7 @@ def test_answers_equal_to_the_training_targets_score_f1_one_at_any_budget(family
     data = training.DataArguments(data_dir=str(larger))
     parts = training.PartsArguments(max_pixels=max_pixels)
     sft = SFTConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none", max_length=None)
-    trainer, qc = training.make_trainer(data, parts, ModelConfig(model_name_or_path=str(base), use_peft=False), sft,
+    trainer, qc, stats = training.make_trainer(data, parts, ModelConfig(model_name_or_path=str(base), use_peft=False), sft,
                                         cache_dir=str(tmp_path / "cache"))
     assert (qc.box_format, qc.model_type, qc.categories) == (NATIVE[family], family, NAMES)
     # the checkpoint's budget unless overridden (Qwen3-VL's min_pixels 65536 comes down to a max_pixels below it)
@@ -135,7 +135,7 @@ def test_an_explicit_box_format_that_disagrees_with_the_model_warns_and_is_recor
     base = _plain_checkpoint(tmp_path / "base", "qwen3_vl", ["[]"], 56 * 56, 112 * 112)
     sft = SFTConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none", max_length=None)
     with caplog.at_level(logging.WARNING, logger="qwen_instruct_det.modeling"):
-        trainer, qc = training.make_trainer(training.DataArguments(data_dir=str(larger), box_format="qwen2"), training.PartsArguments(),
+        trainer, qc, stats = training.make_trainer(training.DataArguments(data_dir=str(larger), box_format="qwen2"), training.PartsArguments(),
                                             ModelConfig(model_name_or_path=str(base), use_peft=False), sft, cache_dir=str(tmp_path / "c"))
     assert "disagrees with the model" in caplog.text and "'qwen3'" in caplog.text
     assert trainer.train_dataset[0]["completion"][0]["content"][0]["text"].startswith("<|object_ref_start|>")
@@ -181,7 +181,7 @@ def test_only_the_answer_and_the_end_of_turn_carry_labels(trained):
 
     family, root, args, _ = trained
     data, parts, model_args, sft = training.make_parser().parse_args_and_config(args=args + ["--output_dir", str(root / "mask")])
-    trainer, _ = training.make_trainer(data, parts, model_args, sft)
+    trainer, _, stats = training.make_trainer(data, parts, model_args, sft)
     tok = trainer.processing_class.tokenizer
     rows = [trainer.train_dataset[i] for i in range(4)]
     batch = trainer.data_collator(rows)

@@ -50,7 +50,7 @@ def sft_folder(tmp_path_factory):
                     save_strategy="no", report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False, dataloader_num_workers=0,
                     max_length=1024, disable_tqdm=True, weight_decay=0.0, seed=0)
     parts = training.PartsArguments(freeze_vision=False, freeze_merger=False, tiny=True, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
-    trainer, qc = training.make_trainer(data, parts, ModelConfig(model_name_or_path="tiny", use_peft=False), sft, model=model,
+    trainer, qc, stats = training.make_trainer(data, parts, ModelConfig(model_name_or_path="tiny", use_peft=False), sft, model=model,
                                         processor=processor, cache_dir=str(root / "cache"))
     trainer.train()
     qc.categories = ["circle"]
@@ -69,7 +69,7 @@ def grpo_adapter(sft_folder):
     root, sft = sft_folder
     args, model_args, config = grpo.make_parser().parse_args_and_config(
         args=_flags(root / "data", sft, root / "grpo", 2, "--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8"))
-    trainer, qc = grpo.make_trainer(args, model_args, config, cache_dir=str(root / "cache"))
+    trainer, qc, stats = grpo.make_trainer(args, model_args, config, cache_dir=str(root / "cache"))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
     return trainer, before, grpo.save(trainer, qc)

@@ -59,3 +59,27 @@ def test_push_refuses_a_folder_that_is_not_a_model_or_an_adapter(tmp_path, capsy
 def test_push_adapter_refuses_a_model_folder(model_dir, capsys):
     assert cli.main(["push", "adapter", str(model_dir), "--dry_run"]) == 2
     assert "adapter_config.json" in capsys.readouterr().err
+
+
+def test_resume_keeps_every_good_record_and_sets_bad_lines_aside(tmp_path):
+    import json
+
+    from qwen_instruct_det.inference import done_ids
+
+    path = tmp_path / "preds.jsonl"
+    good = [{"image_id": i, "detections": {"boxes": [], "labels": []}} for i in (1, 2, 3)]
+    path.write_text(json.dumps(good[0]) + "\n" + '{"image_id": 9, "detec\n' + "\n" + json.dumps(good[1]) + "\n" + json.dumps(good[2]))
+    assert done_ids(path) == {1, 2, 3}
+    assert [json.loads(line)["image_id"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    assert path.read_text().endswith("\n")  # the next record starts on its own line
+    rejected = [json.loads(line) for line in (tmp_path / "preds.jsonl.rejected").read_text().splitlines()]
+    assert rejected == [{"line": 2, "text": '{"image_id": 9, "detec'}]
+    assert done_ids(path) == {1, 2, 3}  # a second resume finds a clean file
+
+
+def test_predict_refuses_an_out_file_that_is_not_predictions(tmp_path, capsys):
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my notes\nimportant\n")
+    code = cli.main(["predict", str(tmp_path / "no-model"), "--data_dir", str(tmp_path), "--out", str(notes)])
+    assert code == 2 and "no prediction record" in capsys.readouterr().err
+    assert notes.read_text() == "# my notes\nimportant\n"

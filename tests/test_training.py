@@ -57,7 +57,7 @@ def memorised(eight):
     processor = tiny_model.build_processor(texts, cfg)
     model = tiny_model.build_model(processor, cfg)
     parts = training.PartsArguments(freeze_vision=False, freeze_merger=False, tiny=True, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
-    trainer, qc = training.make_trainer(data, parts, ModelConfig(model_name_or_path="tiny", use_peft=False), _sft(root / "mem", max_steps=300),
+    trainer, qc, stats = training.make_trainer(data, parts, ModelConfig(model_name_or_path="tiny", use_peft=False), _sft(root / "mem", max_steps=300),
                                         model=model, processor=processor, cache_dir=str(root / "cache"))
     trainer.train()
     out = training.save_trained(trainer, processor, qc)
@@ -191,7 +191,7 @@ def _lora_trainer(eight, base, out, **sft):
 
 
 def test_lora_targets_only_unfrozen_parts(eight, tiny_base, tmp_path):
-    trainer, _ = _lora_trainer(eight, tiny_base, tmp_path, max_steps=1)
+    trainer, _, _stats = _lora_trainer(eight, tiny_base, tmp_path, max_steps=1)
     summary = modeling.trainable_summary(trainer.model)
     assert summary["vision"]["trainable"] == 0
     assert summary["merger"]["trainable"] > 0 and summary["language_model"]["trainable"] > 0
@@ -202,12 +202,12 @@ def test_lora_targets_only_unfrozen_parts(eight, tiny_base, tmp_path):
 def test_resume_gives_the_same_adapter(eight, tiny_base, tmp_path):
     from safetensors.torch import load_file
 
-    full, qc = _lora_trainer(eight, tiny_base, tmp_path / "full", max_steps=6)
+    full, qc, _stats = _lora_trainer(eight, tiny_base, tmp_path / "full", max_steps=6)
     full.train()
     full.save_model(str(tmp_path / "full"))
-    part, _ = _lora_trainer(eight, tiny_base, tmp_path / "part", max_steps=6, save_strategy="steps", save_steps=3)
+    part, _, _stats = _lora_trainer(eight, tiny_base, tmp_path / "part", max_steps=6, save_strategy="steps", save_steps=3)
     part.train()  # writes checkpoint-3 on the way
-    resumed, _ = _lora_trainer(eight, tiny_base, tmp_path / "part", max_steps=6)
+    resumed, _, _stats = _lora_trainer(eight, tiny_base, tmp_path / "part", max_steps=6)
     resumed.train(resume_from_checkpoint=str(tmp_path / "part" / "checkpoint-3"))
     resumed.save_model(str(tmp_path / "resumed"))
     a = load_file(str(tmp_path / "full" / "adapter_model.safetensors"))
@@ -220,11 +220,11 @@ def test_resume_gives_the_same_adapter(eight, tiny_base, tmp_path):
 def test_merge_equals_adapter_and_cards(eight, tiny_base, tmp_path):
     from peft import PeftModel
 
-    trainer, qc = _lora_trainer(eight, tiny_base, tmp_path / "adapter", max_steps=3)
+    trainer, qc, _stats = _lora_trainer(eight, tiny_base, tmp_path / "adapter", max_steps=3)
     trainer.train()
     adapter_dir = training.save_trained(trainer, trainer.processing_class, qc)
     loaded = PeftModel.from_pretrained(modeling.load_model(str(tiny_base)), str(adapter_dir))
-    merged_dir = hub.merge(adapter_dir, tmp_path / "merged")
+    merged_dir = modeling.merge(adapter_dir, tmp_path / "merged")
     merged = modeling.load_model(str(merged_dir))
     processor = modeling.load_processor(str(merged_dir))
     rows = _detection_rows(eight, "validation")
@@ -257,9 +257,10 @@ def test_push_dry_run_builds_the_folder_and_never_uploads(memorised, monkeypatch
 
     *_, out, _ = memorised
     monkeypatch.setattr(hub, "upload", lambda *a, **k: pytest.fail("dry run must not upload"))
-    assert cli.main(["push", "model", str(out), "--dry_run"]) == 0
+    assert cli.main(["push", "model", str(out), "--dry_run", "--folder", str(out.parent / "stage")]) == 0
     assert "nothing uploaded" in capsys.readouterr().out
-    assert "library_name: transformers" in (out / "README.md").read_text()
+    assert "library_name: transformers" in (out.parent / "stage" / "README.md").read_text()
+    assert not (out / "README.md").exists()  # a dry run writes nothing into the source folder
     assert cli.main(["push", "model", str(out)]) == 2  # no repo id, no dry run: a clear error
 
 
