@@ -142,7 +142,10 @@ def open_image(path: str | os.PathLike):
             f"{path}: cannot decode the image ({type(e).__name__}: {e}). Re-download or replace the file, or remove its record.",
             [os.fspath(path)],
         ) from e
-    return shown if shown.mode == "RGB" else shown.convert("RGB")
+    shown = shown if shown.mode == "RGB" else shown.convert("RGB")
+    if isinstance(path, (str, os.PathLike)):
+        shown.filename = os.fspath(path)  # as an image PIL opened itself remembers its file
+    return shown
 
 
 # --- workers -----------------------------------------------------------------------------------

@@ -12,6 +12,20 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """The tiny models gain nothing from a second thread, and two threads per process oversubscribe a busy 2-core machine."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _private_hf_cache(tmp_path_factory):
     """Send every datasets/evaluate cache to a temporary folder for the whole session."""
     cache = tmp_path_factory.mktemp("hf_cache")

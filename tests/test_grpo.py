@@ -72,7 +72,7 @@ def grpo_adapter(sft_folder):
     trainer, qc, stats = grpo.make_trainer(args, model_args, config, cache_dir=str(root / "cache"))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
-    return trainer, before, grpo.save(trainer, qc)
+    return trainer, before, grpo.save(trainer, qc, stats)
 
 
 def test_rewards_and_kl_are_logged_per_step(grpo_adapter):
