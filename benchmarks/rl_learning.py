@@ -119,7 +119,7 @@ def run_grpo(start: Path, data_dir: Path, args, seed: int, out: Path):
     config = GRPOConfig(**_common(out, args.grpo_lr, seed), per_device_train_batch_size=args.prompts * args.generations,
                         num_generations=args.generations, max_completion_length=default_max_new_tokens(qc.max_answer_tokens),
                         temperature=1.0, beta=args.beta, logging_steps=1)
-    grpo_args = grpo.GrpoArguments(data_dir=str(data_dir), builder_seed=seed, detection_kind=args.kind, freeze_vision=False,
+    grpo_args = grpo.GrpoArguments(data_dir=str(data_dir), build_seed=seed, detection_kind=args.kind, freeze_vision=False,
                                    freeze_merger=False)
     trainer, _, _ = grpo.make_trainer(grpo_args, ModelConfig(model_name_or_path=str(start), use_peft=False), config,
                                    cache_dir=str(out.parent / "hf_cache"))

@@ -19,11 +19,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .boxes import RESIZE_FACTOR
 from .modeling import (
     PARTS,
     QidModelConfig,
+    box_format_for,
     format_summary,
+    image_budget,
     lora_target_regex,
+    model_type,
     set_trainable_parts,
     trainable_summary,
 )
@@ -42,8 +46,8 @@ class GrpoArguments:
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str | None = field(default=None, metadata={"help": "Split for evaluation rewards (None: no evaluation during training)."})
     subset: int | None = field(default=None, metadata={"help": "Seeded random subset of N training images."})
-    builder_seed: int = field(default=0, metadata={"help": "Seed of the builder (subsets, prompt paraphrases)."})
-    box_format: str | None = field(default=None, metadata={"help": "Box format (default: the one in the model's qid_config.json, else qwen2)."})
+    build_seed: int = field(default=0, metadata={"help": "Seed the instruction data is built with (subsets, prompt paraphrases): the builder's seed."})
+    box_format: str | None = field(default=None, metadata={"help": "Box format (default: the one in the model's qid_config.json, else the model family's)."})
     display_name: str | None = field(default=None, metadata={"help": "Data set name in the 'no objects' answer (default: the model's, else COCO)."})
     min_pixels: int | None = field(default=None, metadata={"help": "Processor min_pixels (default: the model's own budget)."})
     max_pixels: int | None = field(default=None, metadata={"help": "Processor max_pixels (default: the model's own budget)."})
@@ -94,6 +98,10 @@ def load_start(name_or_path: str, args: GrpoArguments, model_args):
                                trust_remote_code=load["trust_remote_code"])
     qc.min_pixels = processor.image_processor.size["shortest_edge"]
     qc.max_pixels = processor.image_processor.size["longest_edge"]
+    qc.resize_factor = image_budget(processor)["resize_factor"]
+    if saved is None:  # a plain checkpoint: the model's family decides, as in qid train and qid predict
+        qc.model_type = model_type(model)
+        qc.box_format = box_format_for(qc.model_type, args.box_format)
     return model, processor, qc
 
 
@@ -128,7 +136,8 @@ def detection_rows(args: GrpoArguments, qc: QidModelConfig, split: str, cache_di
     if not args.data_dir:
         raise ValueError("data_dir is not set: point it at a COCO-2017-layout folder (qid synth writes one).")
     rows = load_split("detection", split, cache_dir=cache_dir, data_dir=args.data_dir, subset=args.subset, box_format=qc.box_format,
-                      display_name=qc.display_name, min_pixels=qc.min_pixels, max_pixels=qc.max_pixels, seed=args.builder_seed)
+                      display_name=qc.display_name, min_pixels=qc.min_pixels, max_pixels=qc.max_pixels,
+                      resize_factor=qc.resize_factor or RESIZE_FACTOR, seed=args.build_seed)
     return rows.select_columns(["images", "prompt", "completion", "objects", "width", "height"])
 
 

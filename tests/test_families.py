@@ -97,7 +97,7 @@ def test_answers_equal_to_the_training_targets_score_f1_one_at_any_budget(family
     # the checkpoint's budget unless overridden (Qwen3-VL's min_pixels 65536 comes down to a max_pixels below it)
     assert (qc.min_pixels, qc.max_pixels) == (min(published_min, max_pixels or published_max), max_pixels or published_max)
     assert trainer.processing_class.image_processor.size["longest_edge"] == qc.max_pixels
-    out = training.save_trained(trainer, trainer.processing_class, qc)
+    out = training.save_trained(trainer, trainer.processing_class, qc, stats)
 
     answers = {Path(row["images"][0].filename).name: row["completion"][0]["content"][0]["text"] for row in trainer.train_dataset}
     _answer_with(monkeypatch, answers)
@@ -139,7 +139,7 @@ def test_an_explicit_box_format_that_disagrees_with_the_model_warns_and_is_recor
                                             ModelConfig(model_name_or_path=str(base), use_peft=False), sft, cache_dir=str(tmp_path / "c"))
     assert "disagrees with the model" in caplog.text and "'qwen3'" in caplog.text
     assert trainer.train_dataset[0]["completion"][0]["content"][0]["text"].startswith("<|object_ref_start|>")
-    out = training.save_trained(trainer, trainer.processing_class, qc)
+    out = training.save_trained(trainer, trainer.processing_class, qc, stats)
     saved = json.loads((out / "qid_config.json").read_text())
     assert (saved["box_format"], saved["model_type"], saved["resize_factor"]) == ("qwen2", "qwen3_vl", 32)
     with pytest.raises(ValueError, match="qwen2_5"):

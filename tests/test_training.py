@@ -60,7 +60,7 @@ def memorised(eight):
     trainer, qc, stats = training.make_trainer(data, parts, ModelConfig(model_name_or_path="tiny", use_peft=False), _sft(root / "mem", max_steps=300),
                                         model=model, processor=processor, cache_dir=str(root / "cache"))
     trainer.train()
-    out = training.save_trained(trainer, processor, qc)
+    out = training.save_trained(trainer, processor, qc, stats)
     model.eval()
     return model, processor, qc, out, trainer
 
