@@ -288,10 +288,10 @@ class _ObjectRegionSampler:
             ok &= own >= 1.0 - 1e-9
         else:
             ok &= (own >= PARTIAL_MIN) & (own <= PARTIAL_MAX)
-        need = np.flatnonzero(ok.any(axis=1))  # the other objects only matter where the own rule already holds
-        if len(need):
-            inter = B.intersection(self.others[rows[need]], block[need])  # (n, width, k)
-            ok[need] &= np.all(inter <= self.other_limit[rows[need]][..., None], axis=1)
+        r, c = np.nonzero(ok)  # the other objects only matter for candidates that already pass the own rule
+        if len(r):
+            inter = B.intersection(self.others[rows[r]], block[r, c][:, None, :])[..., 0]  # (m, width)
+            ok[r, c] = np.all(inter <= self.other_limit[rows[r]], axis=1)
         return ok, own
 
     def possible(self) -> np.ndarray:
