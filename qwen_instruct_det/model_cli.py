@@ -1,6 +1,7 @@
-"""The model half of the ``qid`` command: ``predict``, ``merge``, ``push`` and ``demo`` (``train`` is ``training.main``).
+"""Arguments and glue of ``qid predict``, ``qid merge`` and ``qid push`` (``train`` is ``training.main``, ``grpo`` is ``grpo.main``).
 
-Thin functions over ``inference``, ``hub`` and ``demo``, each taking a config dataclass.
+Each command is a dataclass of arguments and one function over ``inference``, ``modeling`` and
+``hub``; ``cli.py`` parses flags into the dataclass and prints what the function returns.
 """
 
 from __future__ import annotations

@@ -198,9 +198,18 @@ def count(objs: Objects, opts: TaskOptions) -> TaskRows:
 def _snap_outward(regions: np.ndarray, w: np.ndarray, h: np.ndarray) -> np.ndarray:
     """Grow regions to the 0-1000 grid so the text states exactly the stored pixel region."""
     size = np.stack([w, h, w, h], axis=-1).astype(np.float64)
-    g = regions / size * B.GRID
-    g = np.concatenate([np.floor(g[..., :2] + 1e-9), np.ceil(g[..., 2:] - 1e-9)], axis=-1)
-    return np.clip(g, 0, B.GRID) / B.GRID * size
+    g = regions / size
+    g *= B.GRID
+    corner = g[..., :2]
+    corner += 1e-9
+    np.floor(corner, out=corner)
+    corner = g[..., 2:]
+    corner -= 1e-9
+    np.ceil(corner, out=corner)
+    np.clip(g, 0, B.GRID, out=g)
+    g /= B.GRID
+    g *= size
+    return g
 
 
 def _chunks(counts: np.ndarray, candidates: int):

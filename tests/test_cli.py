@@ -75,3 +75,11 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "missing.jsonl")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.jsonl" in err
+
+
+def test_train_checks_the_data_before_any_model_loads(tmp_path, capsys):
+    code = main(["train", "--model_name_or_path", str(tmp_path / "no-such-model"), "--data_dir", str(tmp_path),
+                 "--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--bf16", "false"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "no COCO annotation file found" in err  # the data's problem, found before the (missing) model is touched
