@@ -108,12 +108,10 @@ def with_options(name: str, base: type, exclude: tuple[str, ...] = ()) -> type:
     return make_dataclass(name, extra, bases=(base,))
 
 
-def builder_kwargs(args, data_dir: str | None = None) -> dict:
-    """The builder keywords an object made by :func:`with_options` (or any object with those attributes) asks for."""
-    kwargs = {f.name: getattr(args, f.name) for f in option_fields() if hasattr(args, f.name)}
-    if data_dir is not None or hasattr(args, "data_dir"):
-        kwargs["data_dir"] = data_dir if data_dir is not None else args.data_dir
-    return kwargs
+def builder_kwargs(args) -> dict:
+    """The builder keywords (``data_dir`` and every option) an object made by :func:`with_options` carries."""
+    names = ["data_dir"] + [f.name for f in option_fields()]
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 
 class QwenInstructDet(datasets.ArrowBasedBuilder):
