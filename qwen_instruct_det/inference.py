@@ -30,13 +30,10 @@ from .tasks import JSON_DETECTION_PROMPT
 
 logger = logging.getLogger(__name__)
 
-JSON_GROUNDING_PROMPT = JSON_DETECTION_PROMPT
-"""Qwen2.5-VL's and Qwen3-VL's grounding prompt (their cookbooks' wording; the builder's for those formats)."""
-
 
 def zero_shot_prompt(box_format: str) -> str | None:
     """The prompt template a base model of this box format is asked with; ``None`` keeps the data's prompt (qwen2)."""
-    return JSON_GROUNDING_PROMPT if box_format in ("qwen2_5", "qwen3") else None
+    return JSON_DETECTION_PROMPT if box_format in ("qwen2_5", "qwen3") else None
 
 
 def with_prompt(dataset, template: str, categories: list[str]):
