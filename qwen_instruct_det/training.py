@@ -122,19 +122,7 @@ def build_mixture(data: DataArguments, split: str, cache_dir: str | None = None,
 
 def target_options(processor, box_format: str) -> dict:
     """Builder options that make the targets in ``box_format`` on the processor's own resize (its budget and factor)."""
-    from dataclasses import fields
-
-    from .builder import QwenInstructDetConfig
-    from .formats import get_box_format
-
-    budget = image_budget(processor)
-    options = {"box_format": box_format, "min_pixels": budget["min_pixels"], "max_pixels": budget["max_pixels"]}
-    if "resize_factor" in {f.name for f in fields(QwenInstructDetConfig)}:
-        options["resize_factor"] = budget["resize_factor"]
-    elif get_box_format(box_format).needs_input_size and budget["resize_factor"] != 28:
-        raise ValueError(f"box format {box_format!r} writes pixels of the resized image, but this processor resizes to multiples of "
-                         f"{budget['resize_factor']} and the builder only to multiples of 28; use the model's own box format.")
-    return options
+    return {"box_format": box_format, **image_budget(processor)}
 
 
 def token_lengths(dataset, processor) -> tuple[list[int], list[int]]:
