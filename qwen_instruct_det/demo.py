@@ -28,7 +28,7 @@ class DemoArguments:
     train_images: int = field(default=3000, metadata={"help": "Synthetic training images."})
     val_images: int = field(default=100, metadata={"help": "Held-out synthetic images the report is about."})
     mix: str = field(default="detection=1.0", metadata={"help": "Configurations and ratios to train on (see qid train --mix)."})
-    max_steps: int = field(default=2000, metadata={"help": "Training steps."})
+    max_steps: int = field(default=1500, metadata={"help": "Training steps."})
     batch_size: int = field(default=16, metadata={"help": "Samples per step."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (cosine schedule, 3% warm-up)."})
     max_objects: int = field(default=3, metadata={"help": "Most objects per synthetic image (at least 1)."})
@@ -82,10 +82,10 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
     cache = str(out / "hf_cache")
     train_rows = training.build_mixture(data_args, "train", cache_dir=cache, box_format=box_format, min_pixels=tiny.min_pixels,
                                         max_pixels=tiny.max_pixels)
-    texts = [row["completion"][0]["content"][0]["text"] for row in train_rows.select_columns(["completion"])]
+    texts = tiny_model.row_texts(train_rows.select_columns(["prompt", "completion"]))
     timings["build"] = time.perf_counter() - start - sum(timings.values())
 
-    progress(f"[3/6] tiny {args.family} and processor (tokenizer trained on the answers)")
+    progress(f"[3/6] tiny {args.family} and processor (tokenizer trained on the prompts and answers)")
     processor = tiny_model.build_processor(texts, tiny)
     model = tiny_model.build_model(processor, tiny)
     n_params = sum(p.numel() for p in model.parameters())

@@ -124,9 +124,15 @@ def _corpus(texts: Iterable[str]) -> Iterable[str]:
     import re
 
     special = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
+    boilerplate = "0123456789 (),.:%\"'[]{}- You are a helpful assistant. system user assistant"
     for text in texts:
         yield special.sub(" ", text)
-    yield "0123456789 (),.:%\"'[]{}- You are a helpful assistant. system user assistant"
+        yield boilerplate  # as often as the texts, so the chat template's words get merges of their own
+
+
+def row_texts(rows) -> list[str]:
+    """Every text of the rows' conversations (prompt and completion turns): what a tiny tokenizer is trained on."""
+    return [part["text"] for row in rows for turn in row["prompt"] + row["completion"] for part in turn["content"] if part.get("text")]
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 400, chat_template: str = QWEN2_VL_TEMPLATE):

@@ -231,13 +231,13 @@ def main(argv: list[str] | None = None) -> Path:
     data, parts, model_args, sft_config = parser.parse_args_and_config(args=argv)
     model = processor = None
     if parts.tiny:
-        from .tiny_model import TinyModelConfig, build_model, build_processor
+        from .tiny_model import TinyModelConfig, build_model, build_processor, row_texts
 
         tiny = TinyModelConfig(family=parts.tiny_family)
         tiny.min_pixels = parts.min_pixels or tiny.min_pixels
         tiny.max_pixels = parts.max_pixels or tiny.max_pixels
         box_format = data.box_format or FAMILY_BOX_FORMATS[tiny.family]  # the tokenizer learns the targets' text
-        texts = [row["completion"][0]["content"][0]["text"] for row in build_mixture(data, data.train_split, box_format=box_format)]
+        texts = row_texts(build_mixture(data, data.train_split, box_format=box_format).select_columns(["prompt", "completion"]))
         processor = build_processor(texts, tiny)
         model = build_model(processor, tiny)
         model_args.model_name_or_path = f"qwen_instruct_det tiny {parts.tiny_family} (random init)"

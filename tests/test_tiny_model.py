@@ -93,3 +93,14 @@ def test_model_is_the_family_class_and_generates(processor):
 def test_unknown_family_is_refused():
     with pytest.raises(ValueError, match="qwen2_5_vl"):
         tiny_model.TinyModelConfig(family="qwen4_vl")
+
+
+def test_row_texts_take_prompts_and_answers_so_the_prompt_tokenizes_in_words():
+    rows = [{"prompt": [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "Count the objects"}]}],
+             "completion": [{"role": "assistant", "content": [{"type": "text", "text": "circle: 2"}]}]}] * 50
+    texts = tiny_model.row_texts(rows)
+    assert texts[:2] == ["Count the objects", "circle: 2"] and len(texts) == 100
+    tok = tiny_model.train_tokenizer(texts, vocab_size=300)
+    assert tok.tokenize("Count the objects") == ["Count", "Ġthe", "Ġobjects"]
+    # the chat template's own words are merged too (they are in every training sequence)
+    assert tok.tokenize("You are a helpful assistant.") == ["You", "Ġare", "Ġa", "Ġhelpful", "Ġassistant", "."]
