@@ -20,6 +20,11 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+# Steps that reach held-out F1@50 >= 0.6 within 10 minutes on a 2-core CPU (benchmarks/demo_learning.py): Qwen2.5-VL's and
+# Qwen3-VL's steps take about 0.42 s there against Qwen2-VL's 0.30 s, and they learn the demo in fewer of them.
+FAMILY_STEPS = {"qwen2_vl": 1500, "qwen2_5_vl": 1200, "qwen3_vl": 1200}
+
+
 @dataclass
 class DemoArguments:
     out: str = field(default="demo_out", metadata={"help": "Folder for the data, the model, the predictions and the report."})
@@ -28,7 +33,8 @@ class DemoArguments:
     train_images: int = field(default=3000, metadata={"help": "Synthetic training images."})
     val_images: int = field(default=100, metadata={"help": "Held-out synthetic images the report is about."})
     mix: str = field(default="detection=1.0", metadata={"help": "Configurations and ratios to train on (see qid train --mix)."})
-    max_steps: int = field(default=1500, metadata={"help": "Training steps."})
+    max_steps: int | None = field(default=None, metadata={"help": "Training steps (default: the family's, FAMILY_STEPS: 1,500 for "
+                                                                  "qwen2_vl, 1,200 for qwen2_5_vl and qwen3_vl, whose steps are slower)."})
     batch_size: int = field(default=16, metadata={"help": "Samples per step."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (cosine schedule, 3% warm-up)."})
     max_objects: int = field(default=3, metadata={"help": "Most objects per synthetic image (at least 1)."})
@@ -43,6 +49,13 @@ class DemoArguments:
     rope_theta: float = field(default=3.0, metadata={"help": "RoPE base of the tiny model (see TinyModelConfig.rope_theta)."})
     seed: int = field(default=0, metadata={"help": "Seed of everything."})
     threads: int | None = field(default=None, metadata={"help": "torch threads (default: all cores)."})
+
+
+    def __post_init__(self):
+        if self.family not in FAMILY_STEPS:
+            raise ValueError(f"family {self.family!r} is not one of {sorted(FAMILY_STEPS)}.")
+        if self.max_steps is None:
+            self.max_steps = FAMILY_STEPS[self.family]
 
 
 def run_demo(args: DemoArguments, progress=print) -> dict:

@@ -1,0 +1,34 @@
+"""`qid demo`: per-family defaults, and the whole path (data -> build -> tiny model -> train -> predict -> report) at a small size."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("trl")
+
+from qwen_instruct_det import cli  # noqa: E402
+from qwen_instruct_det.demo import FAMILY_STEPS, DemoArguments  # noqa: E402
+
+
+def test_steps_default_to_the_family_and_an_explicit_value_wins():
+    assert {f: DemoArguments(family=f).max_steps for f in FAMILY_STEPS} == {"qwen2_vl": 1500, "qwen2_5_vl": 1200, "qwen3_vl": 1200}
+    assert DemoArguments(family="qwen3_vl", max_steps=7).max_steps == 7
+    with pytest.raises(ValueError, match="qwen2_vl"):
+        DemoArguments(family="qwen4_vl")
+
+
+def test_qid_demo_runs_the_whole_path_and_writes_its_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = cli.main(["demo", "--out", str(out), "--family", "qwen2_5_vl", "--train_images", "24", "--val_images", "6", "--max_steps", "6",
+                   "--batch_size", "4", "--hidden_size", "32", "--layers", "1", "--vision_depth", "1"])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["images"] == 6 and set(report["det_iou50"]) >= {"f1", "precision", "recall", "mean_iou"}
+    assert report["demo"]["arguments"]["max_steps"] == 6 and report["demo"]["arguments"]["family"] == "qwen2_5_vl"
+    assert report["demo"]["train_rows"] == 24
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all("detections" in r for r in records)
+    assert (out / "pictures" / "grid.png").is_file() and (out / "model" / "qid_config.json").is_file()
+    assert "F1@50 on 6 held-out images" in capsys.readouterr().out
