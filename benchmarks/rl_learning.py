@@ -161,16 +161,27 @@ def median_curve(runs: list[dict]) -> list[dict]:
     return [{k: statistics.median(r["curve"][i][k] for r in runs) for k in ("seconds", "step", *METRICS)} for i in range(n)]
 
 
+SMOOTH = 10  # steps in the running mean of the per-step GRPO logs (one step is 2 prompts: single steps are noise)
+
+
+def _running_mean(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    if len(points) < SMOOTH:
+        return points
+    values = np.convolve([v for _, v in points], np.ones(SMOOTH) / SMOOTH, mode="valid")
+    return [(points[k + SMOOTH - 1][0], float(v)) for k, v in enumerate(values)]
+
+
 def plot(result: dict, path: Path) -> str:
     """Held-out F1 over training time (both), GRPO rewards and KL over steps; matplotlib if installed, else Pillow."""
     series_f1 = {name: [(0.0, result["start"]["f1"])] + [(p["seconds"], p["f1"]) for p in result[name]["median_curve"]]
                  for name in ("grpo", "sft")}
     logs = result["grpo"]["runs"][0]["logs"]
-    series_rewards = {k.split("/")[1] if "/" in k else k: [(h["step"], h[k]) for h in logs if k in h]
+    series_rewards = {k.split("/")[1] if "/" in k else k: _running_mean([(h["step"], h[k]) for h in logs if k in h])
                       for k in ("rewards/detection_f1/mean", "rewards/format/mean", "reward_std")}
-    series_kl = {"kl": [(h["step"], h["kl"]) for h in logs if "kl" in h]}
-    panels = [("held-out F1@50 vs training seconds", series_f1), (f"GRPO rewards (seed {result['grpo']['runs'][0]['seed']}) vs step",
-                                                                   series_rewards), ("GRPO KL vs step", series_kl)]
+    series_kl = {"kl": _running_mean([(h["step"], h["kl"]) for h in logs if "kl" in h])}
+    seed = result["grpo"]["runs"][0]["seed"]
+    panels = [("held-out F1@50 vs training seconds", series_f1), (f"GRPO rewards, seed {seed} (mean of {SMOOTH} steps)", series_rewards),
+              (f"GRPO KL, seed {seed} (mean of {SMOOTH} steps)", series_kl)]
     try:
         import matplotlib
 
