@@ -100,7 +100,7 @@ def test_row_texts_take_prompts_and_answers_so_the_prompt_tokenizes_in_words():
              "completion": [{"role": "assistant", "content": [{"type": "text", "text": "circle: 2"}]}]}] * 50
     texts = tiny_model.row_texts(rows)
     assert texts[:2] == ["Count the objects", "circle: 2"] and len(texts) == 100
-    tok = tiny_model.train_tokenizer(texts, vocab_size=300)
+    tok = tiny_model.train_tokenizer(texts)  # the default 400: 144 merges beyond the 256 bytes
     assert tok.tokenize("Count the objects") == ["Count", "Ġthe", "Ġobjects"]
     # the chat template's own words are merged too (they are in every training sequence)
     assert tok.tokenize("You are a helpful assistant.") == ["You", "Ġare", "Ġa", "Ġhelpful", "Ġassistant", "."]
