@@ -33,8 +33,8 @@ class DemoArguments:
     train_images: int = field(default=3000, metadata={"help": "Synthetic training images."})
     val_images: int = field(default=100, metadata={"help": "Held-out synthetic images the report is about."})
     mix: str = field(default="detection=1.0", metadata={"help": "Configurations and ratios to train on (see qid train --mix)."})
-    max_steps: int | None = field(default=None, metadata={"help": "Training steps (default: the family's, FAMILY_STEPS: 1,500 for "
-                                                                  "qwen2_vl, 1,200 for qwen2_5_vl and qwen3_vl, whose steps are slower)."})
+    max_steps: int | None = field(default=None, metadata={"help": "Training steps (default: the family's, "
+                                                                  + ", ".join(f"{k} {v}" for k, v in FAMILY_STEPS.items()) + ")."})
     batch_size: int = field(default=16, metadata={"help": "Samples per step."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (cosine schedule, 3% warm-up)."})
     max_objects: int = field(default=3, metadata={"help": "Most objects per synthetic image (at least 1)."})
@@ -49,7 +49,6 @@ class DemoArguments:
     rope_theta: float = field(default=3.0, metadata={"help": "RoPE base of the tiny model (see TinyModelConfig.rope_theta)."})
     seed: int = field(default=0, metadata={"help": "Seed of everything."})
     threads: int | None = field(default=None, metadata={"help": "torch threads (default: all cores)."})
-
 
     def __post_init__(self):
         if self.family not in FAMILY_STEPS:
