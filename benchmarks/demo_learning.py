@@ -8,9 +8,13 @@
 
 Under (a) every augmentation configuration gets a quarter of detection's share and the steps
 grow to match (detection + four augmentations: twice the steps), so each variant sees the
-same expected number of detection samples; under (b) all variants have the demo's steps.
+same expected number of detection samples, and a control trains detection only for the
+mixture's steps; under (b) all variants have the demo's steps.
 Prints F1@50 (det_iou50), precision, recall, mean IoU, AP50, steps and seconds per run, and
-the median over runs (each run with its own seed); ``--json`` keeps them. CPU, offline.
+the median over runs (each run with its own seed); ``--json`` keeps them (one line a run, with
+its held-out learning curve at ``--points`` steps) and draws, next to that file, a PNG of the
+median curves of every family, protocol and variant in it (``--plot-only`` just redraws it).
+CPU, offline.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import statistics
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+
+from plots import save_panels
 
 from qwen_instruct_det.demo import DemoArguments, run_demo
 from qwen_instruct_det.tiny_model import FAMILIES
@@ -42,6 +48,8 @@ def variants(compare: str | None, leave_one_out: bool, steps: int, demo_mix: str
         return steps if compare == "steps" else round(steps * (1 + AUGMENTATION_SHARE * len(augs)))
 
     out = {"detection only": ("detection=1.0", steps), "detection + all four": (mixture(AUGMENTATIONS), scaled(AUGMENTATIONS))}
+    if compare == "epochs":  # the control: (a)'s mixture trains longer; is its gain the rows or the steps?
+        out["detection only, the mixture's steps"] = ("detection=1.0", scaled(AUGMENTATIONS))
     if leave_one_out:
         for left in AUGMENTATIONS:
             augs = [a for a in AUGMENTATIONS if a != left]
@@ -54,7 +62,42 @@ def one(args: DemoArguments) -> dict:
     d = report["det_iou50"]
     return {"f1": d["f1"], "precision": d["precision"], "recall": d["recall"], "mean_iou": d["mean_iou"],
             "AP50": report["coco_map"]["AP50"], "seconds": report["demo"]["seconds"]["total"],
-            "truncated": report["parsing"]["truncated_answers"], "steps": args.max_steps}
+            "truncated": report["parsing"]["truncated_answers"], "steps": args.max_steps, "curve": report["demo"].get("curve", [])}
+
+
+def median_curves(lines: list[dict]) -> dict[tuple[str, str, str], list[tuple[float, float]]]:
+    """(family, protocol, variant) -> median (training seconds, F1@50) over the seeds, point by point, from runs with a curve."""
+    groups: dict[tuple[str, str, str], list[list[dict]]] = {}
+    for line in lines:
+        if line.get("curve"):
+            groups.setdefault((line["family"], line["protocol"] or "demo", f"{line['variant']}, {line['steps']} steps"), []).append(line["curve"])
+    out = {}
+    for key, curves in groups.items():
+        n = min(len(c) for c in curves)
+        out[key] = [(0.0, 0.0)] + [(statistics.median(c[i]["train_seconds"] for c in curves), statistics.median(c[i]["f1"] for c in curves))
+                                   for i in range(n)]
+    return out
+
+
+def plot(json_path: Path) -> Path | None:
+    """PNG next to ``json_path``: one panel per family and protocol, a median F1@50 curve per variant (seeds in the legend)."""
+    lines = [json.loads(line) for line in json_path.read_text().splitlines() if line.strip()]
+    seeds: dict[tuple[str, str, str], int] = {}
+    for line in lines:
+        if line.get("curve"):
+            key = (line["family"], line["protocol"] or "demo", f"{line['variant']}, {line['steps']} steps")
+            seeds[key] = seeds.get(key, 0) + 1
+    curves = median_curves(lines)
+    if not curves:
+        return None
+    titles = {"demo": "the demo", "steps": "(b) equal steps", "epochs": "(a) equal detection samples"}
+    panels = {}
+    for (family, protocol, variant), points in sorted(curves.items()):
+        title = f"{family} {titles.get(protocol, protocol)}: F1@50 vs train s"
+        panels.setdefault(title, {})[f"{variant} ({seeds[family, protocol, variant]} seeds)"] = points
+    path = json_path.with_suffix(".png")
+    save_panels(list(panels.items()), path)
+    return path
 
 
 def main() -> None:
@@ -72,8 +115,15 @@ def main() -> None:
     parser.add_argument("--val-images", type=int, default=None, help="Held-out images (default: the demo's).")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all cores).")
     parser.add_argument("--keep", default=None, help="Keep each run's folder as KEEP/FAMILY_VARIANT_SEED (default: a temporary folder).")
+    parser.add_argument("--points", type=int, default=6, help="Held-out scores during each run: its learning curve (0: only the end).")
+    parser.add_argument("--plot-only", action="store_true", help="Only redraw the PNG of the --json file's curves.")
     args = parser.parse_args()
-    base = DemoArguments(family=args.family, threads=args.threads)
+    if args.plot_only:
+        if not args.json:
+            parser.error("--plot-only needs --json FILE")
+        print(f"wrote {plot(Path(args.json))}")
+        return
+    base = DemoArguments(family=args.family, threads=args.threads, curve_points=args.points)
     if args.train_images:
         base = replace(base, train_images=args.train_images)
     if args.val_images:
@@ -99,6 +149,8 @@ def main() -> None:
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps({"family": args.family, "protocol": args.compare_mix, "variant": name, "mix": mix, "seed": seed, **r}) + "\n")
+        if args.json:
+            print(f"curves: {plot(Path(args.json))}")
         print(f"{args.family} {name}: median F1@50 {statistics.median(r['f1'] for r in runs):.3f}, "
               f"median {statistics.median(r['seconds'] for r in runs):.0f} s over {len(runs)} runs ({steps} steps)\n", flush=True)
 

@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from plots import save_panels
 
 METRICS = ("f1", "precision", "recall", "AP", "AP50", "duplicate_rate", "mean_answer_tokens")
 GRPO_LOGS = ("reward", "reward_std", "rewards/detection_f1/mean", "rewards/format/mean", "kl", "completions/mean_length",
@@ -182,57 +183,7 @@ def plot(result: dict, path: Path) -> str:
     seed = result["grpo"]["runs"][0]["seed"]
     panels = [("held-out F1@50 vs training seconds", series_f1), (f"GRPO rewards, seed {seed} (mean of {SMOOTH} steps)", series_rewards),
               (f"GRPO KL, seed {seed} (mean of {SMOOTH} steps)", series_kl)]
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        _plot_pillow(panels, path)
-        return "pillow"
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
-    for ax, (title, series) in zip(axes, panels):
-        for name, points in series.items():
-            if points:
-                ax.plot(*zip(*points), marker="o", ms=3, label=name)
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return "matplotlib"
-
-
-def _plot_pillow(panels, path: Path, w: int = 420, h: int = 320, pad: int = 40) -> None:
-    from PIL import Image, ImageDraw
-
-    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
-    image = Image.new("RGB", (w * len(panels), h), "white")
-    draw = ImageDraw.Draw(image)
-    for k, (title, series) in enumerate(panels):
-        x0 = k * w
-        points = np.array([p for s in series.values() for p in s], dtype=np.float64).reshape(-1, 2)
-        if not len(points):
-            continue
-        lo = np.array([points[:, 0].min(), min(0.0, points[:, 1].min())])
-        span = np.array([points[:, 0].max(), points[:, 1].max()]) - lo
-        span[span <= 0] = 1.0  # a flat series: a unit axis
-        draw.rectangle([x0 + pad, pad, x0 + w - pad, h - pad], outline="black")
-        draw.text((x0 + pad, 8), title, fill="black")
-        draw.text((x0 + 2, pad - 5), f"{lo[1] + span[1]:.3g}", fill="black")
-        draw.text((x0 + 2, h - pad - 5), f"{lo[1]:.3g}", fill="black")
-        draw.text((x0 + w - pad - 20, h - pad + 5), f"{lo[0] + span[0]:.3g}", fill="black")
-        for j, (name, pts) in enumerate(series.items()):
-            if not pts:
-                continue
-            unit = (np.asarray(pts, dtype=np.float64) - lo) / span
-            xy = [(x0 + pad + u * (w - 2 * pad), h - pad - v * (h - 2 * pad)) for u, v in unit]
-            colour = colours[j % len(colours)]
-            if len(xy) > 1:
-                draw.line(xy, fill=colour, width=2)
-            for x, y in xy:
-                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-            draw.text((x0 + pad + 5, pad + 5 + 12 * j), name, fill=colour)
-    image.save(path)
+    return save_panels(panels, path)
 
 
 def main() -> None:

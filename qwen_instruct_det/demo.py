@@ -49,12 +49,37 @@ class DemoArguments:
     rope_theta: float = field(default=3.0, metadata={"help": "RoPE base of the tiny model (see TinyModelConfig.rope_theta)."})
     seed: int = field(default=0, metadata={"help": "Seed of everything."})
     threads: int | None = field(default=None, metadata={"help": "torch threads (default: all cores)."})
+    curve_points: int = field(default=0, metadata={"help": "Also score the held-out images at this many evenly spaced steps of training "
+                                                           "(the last at the end): the report's learning curve. 0: only at the end."})
 
     def __post_init__(self):
         if self.family not in FAMILY_STEPS:
             raise ValueError(f"family {self.family!r} is not one of {sorted(FAMILY_STEPS)}.")
         if self.max_steps is None:
             self.max_steps = FAMILY_STEPS[self.family]
+        if self.curve_points < 0 or self.curve_points > self.max_steps:
+            raise ValueError(f"curve_points must be between 0 and max_steps ({self.max_steps}), not {self.curve_points}.")
+
+
+def _curve_callback(points: int, max_steps: int, score):
+    """Scores the model at ``points`` evenly spaced steps; records training seconds (scoring not counted), step and scores."""
+    from transformers import TrainerCallback
+
+    class HeldOutCurve(TrainerCallback):
+        def __init__(self):
+            self.marks = {round(max_steps * (k + 1) / points) for k in range(points)}
+            self.trained = 0.0
+            self.curve: list[dict] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.clock = time.perf_counter()
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.trained += time.perf_counter() - self.clock
+            if state.global_step in self.marks:
+                self.curve.append({"step": state.global_step, "train_seconds": round(self.trained, 1), **score(model)})
+
+    return HeldOutCurve()
 
 
 def run_demo(args: DemoArguments, progress=print) -> dict:
@@ -112,22 +137,37 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
     model_args = ModelConfig(model_name_or_path=f"tiny {args.family} (random init)", use_peft=False)
     parts = training.PartsArguments(freeze_vision=False, freeze_merger=False, freeze_llm=False, tiny=True, tiny_family=args.family)
     trainer, qid_config, stats = training.make_trainer(data_args, parts, model_args, sft, model=model, processor=processor, cache_dir=cache)
+    val = load_split("detection", "validation", cache_dir=cache, data_dir=data_args.data_dir, display_name=data_args.display_name,
+                     seed=data_args.build_seed, **training.target_options(processor, qid_config.box_format))
+
+    def predict(path: Path) -> dict:
+        path.unlink(missing_ok=True)
+        was_training = model.training
+        model.eval()
+        counts = inference.predict_to_file(model, processor, val, path, box_format=qid_config.box_format, batch_size=32,
+                                           max_new_tokens=inference.default_max_new_tokens(qid_config.max_answer_tokens),
+                                           categories=qid_config.categories, progress=False)
+        model.train(was_training)
+        return counts
+
+    def score(_model) -> dict:  # one point of the learning curve (the trainer's model is ``model``)
+        predict(out / "curve_predictions.jsonl")
+        report = evaluation.evaluate_file(out / "curve_predictions.jsonl")
+        return {"f1": report["det_iou50"]["f1"], "precision": report["det_iou50"]["precision"],
+                "recall": report["det_iou50"]["recall"], "AP50": report["coco_map"]["AP50"]}
+
+    curve = _curve_callback(args.curve_points, args.max_steps, score) if args.curve_points else None
+    if curve:
+        trainer.add_callback(curve)
     t = time.perf_counter()
     result = trainer.train()
     timings["train"] = time.perf_counter() - t
     model_dir = training.save_trained(trainer, processor, qid_config, stats)
 
     progress(f"[5/6] predicting {args.val_images} held-out images")
-    val = load_split("detection", "validation", cache_dir=cache, data_dir=data_args.data_dir, display_name=data_args.display_name,
-                     seed=data_args.build_seed, **training.target_options(processor, qid_config.box_format))
-    model.eval()
     preds_path = out / "predictions.jsonl"
-    if preds_path.exists():
-        preds_path.unlink()
     t = time.perf_counter()
-    counts = inference.predict_to_file(model, processor, val, preds_path, box_format=qid_config.box_format, batch_size=32,
-                                       max_new_tokens=inference.default_max_new_tokens(qid_config.max_answer_tokens),
-                                       categories=qid_config.categories)
+    counts = predict(preds_path)
     timings["predict"] = time.perf_counter() - t
 
     progress("[6/6] scoring and drawing")
@@ -141,6 +181,8 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
         "seconds": {k: round(v, 1) for k, v in timings.items()}, "predict_counts": counts, "model_dir": str(model_dir),
         "grid": str(pictures[-1]),
     }
+    if curve:
+        report["demo"]["curve"] = curve.curve
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
