@@ -20,6 +20,7 @@ not a trainer: ``grpo.py`` assembles one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -80,6 +81,40 @@ class _Reader:
         return results
 
 
+_END_TOKENS = r"<\|im_end\|>|<\|endoftext\|>"
+# What a complete answer may hold outside its boxes (and, in qwen2 text, their labels): separators, the format's own marks.
+_FILLER = {
+    "qwen2": re.compile(rf"(?:\s|,|<\|box_start\|>|<\|box_end\|>|{_END_TOKENS})*"),
+    "json": re.compile(rf"(?:\s|,|\[|\]|```(?:json)?|{_END_TOKENS})*"),
+}
+_QWEN2_REF = re.compile(r"<\|object_ref_start\|>.*?<\|object_ref_end\|>", re.S)
+_QWEN2_MARK = re.compile(r"<\|object_ref_start\|>|<\|box_start\|>")
+
+
+def _has_prose(text: str, spans: list[tuple[int, int]], box_format: str) -> bool:
+    """Whether text outside the parsed boxes is more than the format's own marks: prose the parser read through.
+
+    JSON: everything outside the objects. qwen2: what follows the last box and, when the
+    grounding tokens are in the text, what precedes the first one or sits between boxes
+    outside a ref; without the tokens (TRL decodes with skip_special_tokens) a box's label is
+    plain text before it, so only what follows the last box can be judged.
+    """
+    if not spans:
+        return False
+    gaps = [text[a:b] for a, b in zip([0] + [end for _, end in spans], [start for start, _ in spans] + [len(text)])]
+    if box_format != "qwen2":
+        return not all(_FILLER["json"].fullmatch(gap) for gap in gaps)
+    if not _FILLER["qwen2"].fullmatch(gaps[-1]):
+        return True
+    first = _QWEN2_MARK.search(text)
+    if first is None:
+        return False
+    if text[: first.start()].strip():
+        return True
+    gaps[0] = gaps[0][first.start():]
+    return not all(_FILLER["qwen2"].fullmatch(_QWEN2_REF.sub("", gap)) for gap in gaps[:-1])
+
+
 def _truth(objects: list[dict]) -> dict:
     return {"boxes": [o["bbox"] for o in objects], "labels": [o["category"] for o in objects]}
 
@@ -132,8 +167,9 @@ def format_reward(box_format: str = "qwen2", end_token_ids: Sequence[int] | None
                   min_pixels: int | None = None, max_pixels: int | None = None, factor: int | None = None) -> RewardFunction:
     """A TRL reward function (named ``format``): 1.0 for an answer that parses completely and was not cut off, else 0.
 
-    Parses completely: no unparsed fragment, no box dropped as empty, and at least one box
-    unless the answer is the "no objects" sentence (``dataset`` fills its ``{dataset}``).
+    Parses completely: no unparsed fragment, no box dropped as empty, at least one box unless
+    the answer is the "no objects" sentence (``dataset`` fills its ``{dataset}``), and no prose
+    around the boxes (the parser reads answers through prose; this reward does not pay for it).
     Cut off: with ``end_token_ids`` (the tokenizer's end-of-turn, eos and pad ids), an answer
     whose ``completion_ids`` do not end with one of them; TRL decodes answers without those
     tokens, so the text alone cannot show a cut at a box boundary.
@@ -147,8 +183,10 @@ def format_reward(box_format: str = "qwen2", end_token_ids: Sequence[int] | None
         scores = []
         for k, (p, completion) in enumerate(zip(parsed, completions)):
             cut = ends is not None and completion_ids is not None and (not completion_ids[k] or completion_ids[k][-1] not in ends)
-            readable = len(p.labels) > 0 or " ".join(completion_text(completion).split()) == empty_answer
-            scores.append(1.0 if readable and p.unparsed == 0 and p.dropped == 0 and not cut else 0.0)
+            text = completion_text(completion)
+            readable = len(p.labels) > 0 or " ".join(text.split()) == empty_answer
+            prose = _has_prose(text, p.spans, "qwen2" if reader.fmt.name == "qwen2" else "json")
+            scores.append(1.0 if readable and p.unparsed == 0 and p.dropped == 0 and not prose and not cut else 0.0)
         return scores
 
     reward.__name__ = reward.__qualname__ = "format"

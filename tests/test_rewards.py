@@ -121,13 +121,23 @@ FORMAT_CASES = {
     "prose, no box": ("I see a circle and a square.", 0.0),
     "nothing": ("", 0.0),
     "json truncated": ('[{"bbox_2d": [100, 100, 300, 300], "label": "circle"}, {"bbox_2d": [500, 5', 0.0),
+    # prose around the boxes: the parser reads through it (real answers), the format reward does not pay for it
+    "prose after the last box": (PERFECT + " I hope this helps.", 0.0),
+    "prose after grounding tokens": (TOKENS + " That is all.", 0.0),
+    "prose before grounding tokens": ("Sure! " + TOKENS, 0.0),
+    "end tokens and spaces after the boxes": (TOKENS + " <|im_end|>\n", 1.0),
+    "json in a code fence": ('```json\n[{"bbox_2d": [100, 100, 300, 300], "label": "circle"}]\n```', 1.0),
+    "prose after the json": ('[{"bbox_2d": [100, 100, 300, 300], "label": "circle"}] Done.', 0.0),
+    "prose before the json": ('Here it is: [{"bbox_2d": [100, 100, 300, 300], "label": "circle"}]', 0.0),
+    "prose between json objects": ('[{"bbox_2d": [100, 100, 300, 300], "label": "circle"}, and {"bbox_2d": [5, 5, 70, 80], "label": "square"}]', 0.0),
+    "no objects sentence with more words": (NO_OBJECTS.format(dataset="COCO") + " Sorry.", 0.0),
 }
 
 
 @pytest.mark.parametrize("case", FORMAT_CASES)
 def test_format_reward_hand_cases(case):
     text, expected = FORMAT_CASES[case]
-    fmt = "qwen3" if text.startswith("[") else "qwen2"
+    fmt = "qwen3" if "bbox_2d" in text else "qwen2"
     fn = rewards.format_reward(fmt)
     assert fn.__name__ == "format"
     assert _call(fn, [text]) == [expected]
