@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .boxes import RESIZE_FACTOR
+from .images import decode_named
 from .modeling import (
     PARTS,
     QidModelConfig,
@@ -154,8 +155,8 @@ def make_trainer(args: GrpoArguments, model_args, grpo_config, cache_dir: str | 
     train = detection_rows(args, qc, args.train_split, cache_dir)
     if not qc.max_answer_tokens:  # a plain checkpoint: the answer budget from this data
         qc.max_answer_tokens = max(token_lengths(train, processor)[1], default=None)
-    train = train.remove_columns("completion")
-    evaluation = detection_rows(args, qc, args.eval_split, cache_dir).remove_columns("completion") if args.eval_split else None
+    train = decode_named(train.remove_columns("completion"))  # a file that breaks mid-training is named
+    evaluation = decode_named(detection_rows(args, qc, args.eval_split, cache_dir).remove_columns("completion")) if args.eval_split else None
     peft_config = get_peft_config(model_args)
     if isinstance(model, PeftModel):
         if peft_config is not None:

@@ -18,7 +18,7 @@ import os
 import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -127,25 +127,56 @@ def verify_images(paths: Sequence[str | os.PathLike], workers: int | None = None
     _raise_bad([bad for r in results for bad in r], len(paths), "cannot be decoded")
 
 
-def open_image(path: str | os.PathLike):
-    """Open an image as the model sees it: decoded, EXIF orientation applied, RGB; errors name the file."""
+def open_image(path: str | os.PathLike | BinaryIO, name: str | None = None):
+    """Open an image as the model sees it: decoded, EXIF orientation applied, RGB; errors name the file (``name`` for a buffer)."""
     from PIL import Image, ImageOps
 
+    name = name or (os.fspath(path) if isinstance(path, (str, os.PathLike)) else "an image buffer")
     try:
         with Image.open(path) as im:
             im.load()
             shown = ImageOps.exif_transpose(im)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: image file not found. Check the image folder or remove the record.") from None
+        raise FileNotFoundError(f"{name}: image file not found. Check the image folder or remove the record.") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
         raise BadImageError(
-            f"{path}: cannot decode the image ({type(e).__name__}: {e}). Re-download or replace the file, or remove its record.",
-            [os.fspath(path)],
+            f"{name}: cannot decode the image ({type(e).__name__}: {e}). Re-download or replace the file, or remove its record.", [name],
         ) from e
     shown = shown if shown.mode == "RGB" else shown.convert("RGB")
     if isinstance(path, (str, os.PathLike)):
         shown.filename = os.fspath(path)  # as an image PIL opened itself remembers its file
     return shown
+
+
+def open_feature_image(value):
+    """One value of a ``datasets`` Image column as the model sees it: a picture ``datasets`` decoded, as it is, or
+    ``{"path", "bytes"}`` opened with :func:`open_image` (EXIF orientation applied, RGB); errors name the file."""
+    from io import BytesIO
+
+    if not isinstance(value, dict):
+        return value
+    path = value.get("path")
+    if path and (value.get("bytes") is None or os.path.isfile(path)):
+        return open_image(path)
+    return open_image(BytesIO(value["bytes"]), name=path or "an image embedded in the data set")
+
+
+def decode_named(dataset, column: str = "images"):
+    """``dataset`` with its images decoded by :func:`open_feature_image` as rows are read (in training, by the data loader).
+
+    ``datasets`` decodes with PIL's own errors, which name no file: a JPEG cut off after its
+    header passes the build's header check and then stops training with "image file is
+    truncated". Read this way, it raises :class:`BadImageError` naming the file.
+    """
+    import datasets
+
+    dataset = dataset.cast_column(column, datasets.List(datasets.Image(decode=False)))
+
+    def decode(batch: dict) -> dict:
+        batch[column] = [[open_feature_image(value) for value in row] for row in batch[column]]
+        return batch
+
+    return dataset.with_transform(decode)
 
 
 # --- workers -----------------------------------------------------------------------------------

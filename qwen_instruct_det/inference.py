@@ -147,15 +147,10 @@ def predict(model, processor, rows: Iterable[dict], box_format: str = "qwen2", b
 
 def _open(image):
     """A row's image as the model sees it (EXIF orientation applied) and its path; decode errors name the file."""
-    from io import BytesIO
+    from .images import open_feature_image
 
-    from .images import open_image
-
-    if not isinstance(image, dict):  # already decoded by datasets
-        return image, getattr(image, "filename", None) or None
-    if image.get("path") and (image.get("bytes") is None or os.path.isfile(image["path"])):
-        return open_image(image["path"]), image["path"]
-    return open_image(BytesIO(image["bytes"])), image.get("path")
+    path = image.get("path") if isinstance(image, dict) else getattr(image, "filename", None)
+    return open_feature_image(image), path or None
 
 
 def _predict_batch(model, processor, batch, fmt, max_new_tokens, categories):

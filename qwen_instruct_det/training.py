@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .builder import builder_kwargs as builder_kwargs_of
 from .builder import category_names, with_options
+from .images import decode_named
 from .modeling import (
     FAMILY_BOX_FORMATS,
     PARTS,
@@ -181,6 +182,8 @@ def make_trainer(data: DataArguments, parts: PartsArguments, model_args, sft_con
     if data.eval_split:
         evaluation, _, _ = drop_long(build_mixture(data, data.eval_split, cache_dir=cache_dir, **targets), processor, sft_config.max_length)
     sft_config.max_length = None  # over-long rows were dropped above; never let the collator truncate image tokens
+    train = decode_named(train)  # a file that breaks mid-training is named
+    evaluation = decode_named(evaluation) if evaluation is not None else None
     trainable = parts.trainable_parts()
     peft_config = get_peft_config(model_args)
     if peft_config is not None:

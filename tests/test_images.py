@@ -307,3 +307,24 @@ def test_open_image_is_what_datasets_decodes(tmp_path):
     img = images.open_image(tmp_path / "copy.jpg")
     assert img.mode == "RGB" and img.size == (40, 64)
     assert np.array_equal(np.asarray(img), np.asarray(_decode(tmp_path / "copy.jpg").convert("RGB")))
+
+
+def test_decode_named_reads_rows_like_datasets_and_names_a_broken_file_stored_by_path_or_as_bytes(tmp_path, shapes_dir):
+    import datasets
+
+    good = sorted((shapes_dir / "val2017").iterdir())[0]
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    features = datasets.Features({"images": datasets.List(datasets.Image()), "n": datasets.Value("int32")})
+    by_path = datasets.Dataset.from_dict({"images": [[str(good)], [str(cut)]], "n": [0, 1]}, features=features)
+    rows = images.decode_named(by_path)
+    assert rows.column_names == ["images", "n"] and rows[0]["n"] == 0
+    assert np.array_equal(np.asarray(rows[0]["images"][0]), np.asarray(by_path[0]["images"][0].convert("RGB")))
+    with pytest.raises(OSError, match="truncated"):  # datasets' own decoding names no file
+        by_path[1]["images"][0].load()
+    with pytest.raises(images.BadImageError, match="cut.jpg: cannot decode"):
+        rows[1]
+    embedded = datasets.Dataset.from_dict({"images": [[{"path": "photos/cut.jpg", "bytes": cut.read_bytes()}]], "n": [1]}, features=features)
+    with pytest.raises(images.BadImageError, match="photos/cut.jpg: cannot decode") as err:
+        next(iter(images.decode_named(embedded)))
+    assert err.value.paths == ["photos/cut.jpg"]

@@ -190,6 +190,32 @@ def _lora_trainer(eight, base, out, **sft):
     return training.make_trainer(data, parts, model_args, _sft(out, learning_rate=1e-2, **sft), cache_dir=str(eight[0] / "cache"))
 
 
+def test_an_image_that_breaks_mid_training_is_named(tmp_path):
+    """A JPEG whose header reads but whose pixels are cut off passes the build; decoding it for training names the file."""
+    from trl import ModelConfig
+
+    from qwen_instruct_det.images import BadImageError
+
+    opts = SynthOptions(min_size=84, max_size=84, min_objects=1, max_objects=1, empty_fraction=0, crowd_fraction=0, categories=2,
+                        textured_fraction=0)
+    make_synthetic_coco(tmp_path / "data", train=4, val=1, seed=3, options=opts)
+    broken = sorted((tmp_path / "data" / "train2017").glob("*.jpg"))[2]
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size * 2 // 3])
+    cfg = tiny_model.TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, vision_depth=1, vision_embed_dim=32,
+                                     min_pixels=84 * 84 // 2, max_pixels=84 * 84)
+    processor = tiny_model.build_processor(["circle(1,2),(3,4) square"], cfg)
+    data = training.DataArguments(data_dir=str(tmp_path / "data"), mix="detection=1.0")
+    parts = training.PartsArguments(tiny=True, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    with pytest.raises(BadImageError, match=str(broken)) as caught:  # SFTTrainer reads a first row as it starts; training the rest
+        trainer, _, _ = training.make_trainer(data, parts, ModelConfig(model_name_or_path="tiny", use_peft=False),
+                                              _sft(tmp_path / "out", max_steps=1, per_device_train_batch_size=4),
+                                              model=tiny_model.build_model(processor, cfg), processor=processor,
+                                              cache_dir=str(tmp_path / "cache"))
+        trainer.train()
+    assert caught.value.paths == [str(broken)]
+    assert "cannot decode the image (OSError: image file is truncated" in str(caught.value)  # not the build's header check
+
+
 def test_lora_targets_only_unfrozen_parts(eight, tiny_base, tmp_path):
     trainer, _, _stats = _lora_trainer(eight, tiny_base, tmp_path, max_steps=1)
     summary = modeling.trainable_summary(trainer.model)
