@@ -153,11 +153,13 @@ def evaluate_file(path: str | os.PathLike, out_dir: str | os.PathLike | None = N
 
 
 def markdown_table(scores: dict) -> str:
-    """Per-class precision, recall, F1, mean IoU and counts, then the overall row."""
-    lines = ["| class | precision | recall | F1 | mean IoU | TP | FP | FN |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    """Per-class precision, recall, F1, mean IoU and counts (crowd-ignored predictions too), then the overall row."""
+    lines = ["| class | precision | recall | F1 | mean IoU | TP | FP | FN | ignored (crowd) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     rows = list(scores["per_class"].items()) + [("**all**", scores)]
     for name, s in rows:
-        lines.append(f"| {name} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['mean_iou']:.3f} | {s['tp']} | {s['fp']} | {s['fn']} |")
+        lines.append(f"| {name} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['mean_iou']:.3f} | {s['tp']} | {s['fp']} | {s['fn']} "
+                     f"| {s['ignored']} |")
     return "\n".join(lines)
 
 

@@ -381,7 +381,7 @@ def _ratio(a: float, b: float) -> float:
     return float(a / b) if b else 0.0
 
 
-def _scores(tp: int, fp: int, fn: int, iou_sum: float) -> dict:
+def _scores(tp: int, fp: int, fn: int, iou_sum: float, ignored: int) -> dict:
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
     return {
         "precision": precision,
@@ -391,21 +391,24 @@ def _scores(tp: int, fp: int, fn: int, iou_sum: float) -> dict:
         "tp": int(tp),
         "fp": int(fp),
         "fn": int(fn),
+        "ignored": int(ignored),  # predictions on a crowd region of their class: neither true nor false positives
     }
 
 
 def detection_scores(predictions: Sequence[Detections], references: Sequence[Detections], iou_threshold: float = 0.5,
                      matching: str = "greedy") -> dict:
-    """Precision, recall, F1, mean IoU of true positives, tp/fp/fn, and the same ``per_class``."""
+    """Precision, recall, F1, mean IoU of true positives, tp/fp/fn, ``ignored`` (on crowd regions), and the same ``per_class``."""
     result = match(predictions, references, iou_threshold, matching)
     n = len(result.label_names)
     counted = ~result.pred_matched & ~result.pred_ignored
     tp_c = np.bincount(result.true_label[result.true_matched], minlength=n)
     fn_c = np.bincount(result.true_label[~result.true_matched], minlength=n)
     fp_c = np.bincount(result.pred_label[counted], minlength=n)
+    ignored_c = np.bincount(result.pred_label[result.pred_ignored], minlength=n)
     iou_c = np.bincount(result.match_label, weights=result.match_iou, minlength=n) if n else np.zeros(0)
     seen = np.bincount(result.true_label, minlength=n) + np.bincount(result.pred_label, minlength=n) > 0
-    out = _scores(int(tp_c.sum()), int(fp_c.sum()), int(fn_c.sum()), float(result.match_iou.sum()))
+    out = _scores(int(tp_c.sum()), int(fp_c.sum()), int(fn_c.sum()), float(result.match_iou.sum()), int(ignored_c.sum()))
     classes = sorted((i for i in range(n) if seen[i]), key=lambda i: (normalize_label(result.label_names[i]), result.label_names[i]))
-    out["per_class"] = {result.label_names[i]: _scores(int(tp_c[i]), int(fp_c[i]), int(fn_c[i]), float(iou_c[i])) for i in classes}
+    out["per_class"] = {result.label_names[i]: _scores(int(tp_c[i]), int(fp_c[i]), int(fn_c[i]), float(iou_c[i]), int(ignored_c[i]))
+                        for i in classes}
     return out

@@ -278,6 +278,8 @@ def test_crowd_regions_ignore_predictions_as_cocoeval_does(p, r, tp, fp, fn, mat
     assert _cocoeval_counts([p], [r], 0.5) == (tp, fp, fn)
     out = detection_scores([p], [r], matching=matching)
     assert (out["tp"], out["fp"], out["fn"]) == (tp, fp, fn)
+    assert out["ignored"] == len(p["boxes"]) - tp - fp  # every prediction is counted once: true, false or ignored
+    assert out["ignored"] == sum(c["ignored"] for c in out["per_class"].values())
 
 
 def test_ignored_predictions_leave_precision_alone():

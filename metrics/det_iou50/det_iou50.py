@@ -45,7 +45,8 @@ Args:
     iou_threshold (float): IoU at or above which a pair matches, in (0, 1]. Default 0.5.
     matching (str): ``"greedy"`` (default) or ``"hungarian"``.
 Returns:
-    precision, recall, f1, mean_iou (floats), tp, fp, fn (ints), per_class (the same per label).
+    precision, recall, f1, mean_iou (floats), tp, fp, fn, ignored (ints: predictions on a crowd region of their
+    class, neither true nor false positives), per_class (the same per label).
 Examples:
     >>> import evaluate
     >>> det = evaluate.load("./metrics/det_iou50")
@@ -63,8 +64,8 @@ Examples:
     >>> references = [{"boxes": [[0, 0, 10, 11], [20, 20, 90, 90]], "labels": ["Traffic Light", "person"],
     ...                "iscrowd": [False, True]}]
     >>> results = det.compute(predictions=predictions, references=references)
-    >>> print(results["tp"], results["fp"], results["fn"], list(results["per_class"]))
-    1 0 0 ['person', 'Traffic Light']
+    >>> print(results["tp"], results["fp"], results["fn"], results["ignored"], list(results["per_class"]))
+    1 0 0 1 ['person', 'Traffic Light']
 
     Inputs of another shape are errors, not zeros:
 
