@@ -27,8 +27,8 @@ from .modeling import (
     box_format_for,
     format_summary,
     image_budget,
-    lora_target_regex,
     model_type,
+    set_lora_targets,
     set_trainable_parts,
     trainable_summary,
 )
@@ -163,8 +163,7 @@ def make_trainer(args: GrpoArguments, model_args, grpo_config, cache_dir: str | 
             logger.info("%s is an adapter: training it further; the lora_* settings are not used", model_args.model_name_or_path)
         peft_config = None
     elif peft_config is not None:
-        if not model_args.lora_target_modules:
-            peft_config.target_modules = lora_target_regex(args.trainable_parts())
+        set_lora_targets(peft_config, model, args.trainable_parts(), model_args)
     else:
         set_trainable_parts(model, args.trainable_parts())
     reward_funcs = make_rewards(args, qc, processor, end_token_ids(model, processor.tokenizer))

@@ -130,6 +130,38 @@ def lora_target_regex(trainable_parts: list[str]) -> str:
     return r".*(" + "|".join(_LINEAR_NAMES[p] for p in trainable_parts) + r")$"
 
 
+def lora_target_parameters(model, trainable_parts: list[str]) -> list[str]:
+    """PEFT ``target_parameters`` for weights the linear-layer regex cannot reach: Qwen3-VL-MoE's experts.
+
+    A mixture-of-experts layer keeps its experts in two 3-D parameters (``mlp.experts.gate_up_proj``
+    and ``mlp.experts.down_proj``, one slice per expert), not in nn.Linear modules, so
+    ``target_modules`` alone would adapt attention and nothing of the MLPs. PEFT (>= 0.17) wraps
+    such parameters with one LoRA per expert. Empty for dense models and for a frozen language model.
+    """
+    if "language_model" not in trainable_parts:
+        return []
+    expert = re.compile(r"language_model\.layers\.\d+\.(mlp\.experts\.[A-Za-z_]+)$")
+    return sorted({m.group(1) for n, p in model.named_parameters() if p.dim() == 3 and (m := expert.search(n))})
+
+
+def set_lora_targets(peft_config, model, trainable_parts: list[str], model_args) -> None:
+    """Fill in the LoRA targets ``model_args`` (TRL's ModelConfig) leaves unset: the unfrozen parts' linear layers and, when
+    neither ``lora_target_modules`` nor ``lora_target_parameters`` is given, a mixture-of-experts model's experts (with
+    ``lora_dropout`` 0, which PEFT requires there; a warning says so)."""
+    if model_args.lora_target_modules:
+        return
+    peft_config.target_modules = lora_target_regex(trainable_parts)
+    if getattr(model_args, "lora_target_parameters", None) is None:
+        experts = lora_target_parameters(model, trainable_parts)
+        if experts:
+            peft_config.target_parameters = experts
+            logger.info("LoRA also adapts the experts (%s): they are 3-D parameters, not linear layers", ", ".join(experts))
+            if peft_config.lora_dropout:
+                logger.warning("lora_dropout %s -> 0: PEFT's LoRA on expert parameters takes no dropout (name lora_target_modules "
+                               "to keep dropout and leave the experts frozen)", peft_config.lora_dropout)
+                peft_config.lora_dropout = 0.0
+
+
 def load_processor(name_or_path: str, min_pixels: int | None = None, max_pixels: int | None = None, trust_remote_code: bool = False):
     """The checkpoint's processor, keeping its own image budget unless ``min_pixels``/``max_pixels`` override it."""
     from transformers import AutoProcessor

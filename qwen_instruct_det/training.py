@@ -32,9 +32,9 @@ from .modeling import (
     format_summary,
     image_budget,
     image_tokens,
-    lora_target_regex,
     model_type,
     set_image_budget,
+    set_lora_targets,
     set_trainable_parts,
     trainable_summary,
 )
@@ -187,8 +187,7 @@ def make_trainer(data: DataArguments, parts: PartsArguments, model_args, sft_con
     trainable = parts.trainable_parts()
     peft_config = get_peft_config(model_args)
     if peft_config is not None:
-        if not model_args.lora_target_modules:
-            peft_config.target_modules = lora_target_regex(trainable)
+        set_lora_targets(peft_config, model, trainable, model_args)
     else:
         set_trainable_parts(model, trainable)
     trainer = SFTTrainer(model=model, args=sft_config, train_dataset=train, eval_dataset=evaluation, processing_class=processor,

@@ -60,6 +60,18 @@ QWEN3_VL_4B = {
                       "deepstack_visual_indexes": [5, 11, 17], "hidden_act": "gelu_pytorch_tanh"},
     "tie_word_embeddings": True,
 }
+# https://huggingface.co/Qwen/Qwen3-VL-30B-A3B-Instruct/blob/main/config.json: every language layer a mixture of 128 experts
+QWEN3_VL_30B_A3B = {
+    "model_type": "qwen3_vl_moe",
+    "text_config": {"hidden_size": 2048, "intermediate_size": 6144, "moe_intermediate_size": 768, "num_experts": 128, "num_experts_per_tok": 8,
+                    "decoder_sparse_step": 1, "mlp_only_layers": [], "num_hidden_layers": 48, "num_attention_heads": 32,
+                    "num_key_value_heads": 4, "head_dim": 128, "vocab_size": 151936, "tie_word_embeddings": False,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20], "mrope_interleaved": True}},
+    "vision_config": {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16, "out_hidden_size": 2048,
+                      "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 2304,
+                      "deepstack_visual_indexes": [8, 16, 24], "hidden_act": "gelu_pytorch_tanh"},
+    "tie_word_embeddings": False,
+}
 PUBLISHED = {"Qwen2-VL-2B-Instruct": QWEN2_VL_2B, "Qwen2.5-VL-3B-Instruct": QWEN2_5_VL_3B, "Qwen3-VL-2B-Instruct": QWEN3_VL_2B,
              "Qwen3-VL-4B-Instruct": QWEN3_VL_4B}
 R = 32
@@ -148,3 +160,61 @@ def test_full_fine_tuning_of_the_merger_includes_qwen3_vl_deepstack_mergers():
     assert deepstack == 75_540_480
     assert summary["merger"] == {"trainable": main + deepstack, "total": main + deepstack}
     assert summary["vision"]["trainable"] == summary["language_model"]["trainable"] == 0
+
+
+def test_lora_reaches_the_experts_of_qwen3_vl_moe():
+    """Qwen3-VL-MoE keeps each layer's experts in two 3-D parameters, not nn.Linear: target_modules alone adapts attention only."""
+    from peft import get_peft_model
+
+    model = _meta_model(QWEN3_VL_30B_A3B)
+    assert modeling.lora_target_parameters(model, ["language_model"]) == ["mlp.experts.down_proj", "mlp.experts.gate_up_proj"]
+    assert modeling.lora_target_parameters(model, ["vision", "merger"]) == []
+    assert modeling.lora_target_parameters(_meta_model(QWEN3_VL_2B), list(modeling.PARTS)) == []  # dense: every MLP is nn.Linear
+    trl = pytest.importorskip("trl")
+    explicit = trl.get_peft_config(trl.ModelConfig(use_peft=True, lora_r=R, lora_target_modules=["q_proj"]))
+    modeling.set_lora_targets(explicit, model, ["language_model"], trl.ModelConfig(use_peft=True, lora_target_modules=["q_proj"]))
+    assert explicit.target_modules in ("q_proj", {"q_proj"}) and not explicit.target_parameters  # what the user names is what trains
+    args = trl.ModelConfig(use_peft=True, lora_r=R, lora_alpha=2 * R)  # targets left to the library, as qid train leaves them
+    config = trl.get_peft_config(args)
+    modeling.set_lora_targets(config, model, ["language_model"], args)
+    assert config.target_parameters == ["mlp.experts.down_proj", "mlp.experts.gate_up_proj"]
+    assert args.lora_dropout > 0 and config.lora_dropout == 0  # TRL's default dropout; PEFT's expert LoRA refuses any
+    summary = modeling.trainable_summary(get_peft_model(model, config, low_cpu_mem_usage=True))
+    t = QWEN3_VL_30B_A3B["text_config"]
+    h, q, kv = t["hidden_size"], t["num_attention_heads"] * t["head_dim"], t["num_key_value_heads"] * t["head_dim"]
+    attention = (h + q) + 2 * (h + kv) + (q + h)
+    experts = t["num_experts"] * ((h + 2 * t["moe_intermediate_size"]) + (t["moe_intermediate_size"] + h))  # gate_up, down: E x (in + out)
+    assert summary["language_model"]["trainable"] == R * t["num_hidden_layers"] * (attention + experts)
+    assert summary["vision"]["trainable"] == summary["merger"]["trainable"] == 0
+
+
+def test_expert_lora_trains_and_merges_on_a_small_qwen3_vl_moe():
+    """The experts' LoRA is in the forward pass (its gradients are not zero) and merges into the same function."""
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    trl = pytest.importorskip("trl")
+    small = {**QWEN3_VL_30B_A3B,
+             "text_config": {**QWEN3_VL_30B_A3B["text_config"], "hidden_size": 64, "intermediate_size": 96, "moe_intermediate_size": 32,
+                             "num_experts": 4, "num_experts_per_tok": 2, "num_hidden_layers": 2, "num_attention_heads": 4,
+                             "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 300,
+                             "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [4, 2, 2], "mrope_interleaved": True}},
+             "vision_config": {**QWEN3_VL_30B_A3B["vision_config"], "depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                               "out_hidden_size": 64, "num_position_embeddings": 64, "deepstack_visual_indexes": [0]}}
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(AutoConfig.for_model(**small))
+    args = trl.ModelConfig(use_peft=True, lora_r=4, lora_alpha=8)
+    config = trl.get_peft_config(args)
+    modeling.set_lora_targets(config, model, ["language_model"], args)
+    peft_model = get_peft_model(model, config)
+    ids = torch.randint(0, 300, (2, 12))
+    peft_model(input_ids=ids, labels=ids).loss.backward()
+    expert_grads = {n: p.grad.abs().sum().item() for n, p in peft_model.named_parameters() if "experts" in n and "lora_B" in n}
+    assert len(expert_grads) == 2 * 2 and all(g > 0 for g in expert_grads.values())  # gate_up and down, in both layers
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)  # B starts at zero: give the adapter something to merge
+        adapted = peft_model(input_ids=ids).logits
+        merged = peft_model.merge_and_unload()(input_ids=ids).logits
+    assert torch.allclose(adapted, merged, atol=1e-4)
