@@ -13,7 +13,8 @@ mixture's steps; under (b) all variants have the demo's steps.
 Prints F1@50 (det_iou50), precision, recall, mean IoU, AP50, steps and seconds per run, and
 the median over runs (each run with its own seed); ``--json`` keeps them (one line a run, with
 its held-out learning curve at ``--points`` steps) and draws, next to that file, a PNG of the
-median curves of every family, protocol and variant in it (``--plot-only`` just redraws it).
+median curves of every family, protocol and variant in it (``--summarize`` prints its table of
+medians and redraws the PNG, running nothing).
 CPU, offline.
 """
 
@@ -79,6 +80,22 @@ def median_curves(lines: list[dict]) -> dict[tuple[str, str, str], list[tuple[fl
     return out
 
 
+def summary_table(json_path: Path) -> str:
+    """Markdown: one row per family, protocol, variant and steps, F1@50 by seed and the medians of F1@50 and AP50."""
+    groups: dict[tuple, list[dict]] = {}
+    for line in json_path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            groups.setdefault((r["family"], r["protocol"] or "demo", r["variant"], r["steps"]), []).append(r)
+    rows = ["| family | protocol | variant | steps | F1@50 by seed | median F1@50 | median AP50 |", "| --- | --- | --- | ---: | --- | ---: | ---: |"]
+    for (family, protocol, variant, steps), runs in groups.items():
+        runs = sorted(runs, key=lambda r: r["seed"])
+        by_seed = " / ".join(f"{r['f1']:.3f} (s{r['seed']})" for r in runs)
+        rows.append(f"| {family} | {protocol} | {variant} | {steps} | {by_seed} | {statistics.median(r['f1'] for r in runs):.3f} | "
+                    f"{statistics.median(r['AP50'] for r in runs):.3f} |")
+    return "\n".join(rows)
+
+
 def plot(json_path: Path) -> Path | None:
     """PNG next to ``json_path``: one panel per family and protocol, a median F1@50 curve per variant (seeds in the legend)."""
     lines = [json.loads(line) for line in json_path.read_text().splitlines() if line.strip()]
@@ -116,11 +133,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all cores).")
     parser.add_argument("--keep", default=None, help="Keep each run's folder as KEEP/FAMILY_VARIANT_SEED (default: a temporary folder).")
     parser.add_argument("--points", type=int, default=6, help="Held-out scores during each run: its learning curve (0: only the end).")
-    parser.add_argument("--plot-only", action="store_true", help="Only redraw the PNG of the --json file's curves.")
+    parser.add_argument("--summarize", action="store_true", help="Run nothing: print the --json file's table (per family, protocol, "
+                        "variant and steps: F1@50 per seed and medians) and redraw its PNG.")
     args = parser.parse_args()
-    if args.plot_only:
+    if args.summarize:
         if not args.json:
-            parser.error("--plot-only needs --json FILE")
+            parser.error("--summarize needs --json FILE")
+        print(summary_table(Path(args.json)))
         print(f"wrote {plot(Path(args.json))}")
         return
     base = DemoArguments(family=args.family, threads=args.threads, curve_points=args.points)
