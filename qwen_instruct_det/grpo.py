@@ -139,7 +139,7 @@ def detection_rows(args: GrpoArguments, qc: QidModelConfig, split: str, cache_di
     rows = load_split("detection", split, cache_dir=cache_dir, data_dir=args.data_dir, subset=args.subset, box_format=qc.box_format,
                       display_name=qc.display_name, min_pixels=qc.min_pixels, max_pixels=qc.max_pixels,
                       resize_factor=qc.resize_factor or RESIZE_FACTOR, seed=args.build_seed)
-    return rows.select_columns(["images", "prompt", "completion", "objects", "width", "height"])
+    return decode_named(rows.select_columns(["images", "prompt", "completion", "objects", "width", "height"]))  # broken files named
 
 
 def make_trainer(args: GrpoArguments, model_args, grpo_config, cache_dir: str | None = None):
@@ -155,8 +155,8 @@ def make_trainer(args: GrpoArguments, model_args, grpo_config, cache_dir: str | 
     train = detection_rows(args, qc, args.train_split, cache_dir)
     if not qc.max_answer_tokens:  # a plain checkpoint: the answer budget from this data
         qc.max_answer_tokens = max(token_lengths(train, processor)[1], default=None)
-    train = decode_named(train.remove_columns("completion"))  # a file that breaks mid-training is named
-    evaluation = decode_named(detection_rows(args, qc, args.eval_split, cache_dir).remove_columns("completion")) if args.eval_split else None
+    train = train.remove_columns("completion")
+    evaluation = detection_rows(args, qc, args.eval_split, cache_dir).remove_columns("completion") if args.eval_split else None
     peft_config = get_peft_config(model_args)
     if isinstance(model, PeftModel):
         if peft_config is not None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .builder import builder_kwargs as builder_kwargs_of
 from .builder import category_names, with_options
-from .images import decode_named
+from .images import decode_named, undecoded
 from .modeling import (
     FAMILY_BOX_FORMATS,
     PARTS,
@@ -101,6 +101,9 @@ def parse_mix(mix: str) -> dict[str, float]:
 def build_mixture(data: DataArguments, split: str, cache_dir: str | None = None, **builder_kwargs):
     """The configurations of ``data.mix`` for ``split``, interleaved with their ratios (seeded).
 
+    Images are opened with :func:`images.open_image` as rows are read, so a file that cannot be
+    decoded mid-training is named (:func:`images.decode_named`).
+
     ``builder_kwargs`` (e.g. ``box_format``, ``min_pixels``, ``max_pixels``) go to every configuration's builder.
     """
     import datasets
@@ -115,10 +118,12 @@ def build_mixture(data: DataArguments, split: str, cache_dir: str | None = None,
     if data.box_format is not None:
         options["box_format"] = data.box_format
     options.update(builder_kwargs)
-    parts = [load_split(name, split, cache_dir=cache_dir, **options).select_columns(columns) for name in ratios]
+    # images cast to undecoded before the shuffle (ten times cheaper), decoded by open_image when read (a broken file is named)
+    parts = [undecoded(load_split(name, split, cache_dir=cache_dir, **options).select_columns(columns)) for name in ratios]
     if len(parts) == 1:
-        return parts[0].shuffle(seed=data.build_seed)
-    return datasets.interleave_datasets(parts, probabilities=list(ratios.values()), seed=data.build_seed, stopping_strategy="all_exhausted")
+        return decode_named(parts[0].shuffle(seed=data.build_seed))
+    mixed = datasets.interleave_datasets(parts, probabilities=list(ratios.values()), seed=data.build_seed, stopping_strategy="all_exhausted")
+    return decode_named(mixed)
 
 
 def target_options(processor, box_format: str) -> dict:
@@ -182,8 +187,6 @@ def make_trainer(data: DataArguments, parts: PartsArguments, model_args, sft_con
     if data.eval_split:
         evaluation, _, _ = drop_long(build_mixture(data, data.eval_split, cache_dir=cache_dir, **targets), processor, sft_config.max_length)
     sft_config.max_length = None  # over-long rows were dropped above; never let the collator truncate image tokens
-    train = decode_named(train)  # a file that breaks mid-training is named
-    evaluation = decode_named(evaluation) if evaluation is not None else None
     trainable = parts.trainable_parts()
     peft_config = get_peft_config(model_args)
     if peft_config is not None:
