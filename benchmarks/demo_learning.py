@@ -67,17 +67,13 @@ def one(args: DemoArguments) -> dict:
 
 
 def median_curves(lines: list[dict]) -> dict[tuple[str, str, str], list[tuple[float, float]]]:
-    """(family, protocol, variant) -> median (training seconds, F1@50) over the seeds, point by point, from runs with a curve."""
-    groups: dict[tuple[str, str, str], list[list[dict]]] = {}
+    """(family, protocol, variant and steps) -> (step, median F1@50 over the seeds scored at that step), from runs with a curve."""
+    groups: dict[tuple[str, str, str], dict[int, list[float]]] = {}
     for line in lines:
-        if line.get("curve"):
-            groups.setdefault((line["family"], line["protocol"] or "demo", f"{line['variant']}, {line['steps']} steps"), []).append(line["curve"])
-    out = {}
-    for key, curves in groups.items():
-        n = min(len(c) for c in curves)
-        out[key] = [(0.0, 0.0)] + [(statistics.median(c[i]["train_seconds"] for c in curves), statistics.median(c[i]["f1"] for c in curves))
-                                   for i in range(n)]
-    return out
+        key = (line["family"], line["protocol"] or "demo", f"{line['variant']}, {line['steps']} steps")
+        for point in line.get("curve", []):
+            groups.setdefault(key, {}).setdefault(point["step"], []).append(point["f1"])
+    return {key: [(step, statistics.median(f1s)) for step, f1s in sorted(points.items())] for key, points in groups.items()}
 
 
 def summary_table(json_path: Path) -> str:
@@ -97,21 +93,24 @@ def summary_table(json_path: Path) -> str:
 
 
 def plot(json_path: Path) -> Path | None:
-    """PNG next to ``json_path``: one panel per family and protocol, a median F1@50 curve per variant (seeds in the legend)."""
+    """PNG next to ``json_path``: one panel per family and protocol, a median F1@50 curve per variant (seeds in the legend).
+
+    The x axis is training steps (of 16 samples), not seconds: runs measured side by side share
+    the cores, so their seconds measure the neighbour as much as the run.
+    """
     lines = [json.loads(line) for line in json_path.read_text().splitlines() if line.strip()]
-    seeds: dict[tuple[str, str, str], int] = {}
+    seeds: dict[tuple[str, str, str], set[int]] = {}
     for line in lines:
         if line.get("curve"):
-            key = (line["family"], line["protocol"] or "demo", f"{line['variant']}, {line['steps']} steps")
-            seeds[key] = seeds.get(key, 0) + 1
+            seeds.setdefault((line["family"], line["protocol"] or "demo", f"{line['variant']}, {line['steps']} steps"), set()).add(line["seed"])
     curves = median_curves(lines)
     if not curves:
         return None
     titles = {"demo": "the demo", "steps": "(b) equal steps", "epochs": "(a) equal detection samples"}
     panels = {}
     for (family, protocol, variant), points in sorted(curves.items()):
-        title = f"{family} {titles.get(protocol, protocol)}: F1@50 vs train s"
-        panels.setdefault(title, {})[f"{variant} ({seeds[family, protocol, variant]} seeds)"] = points
+        title = f"{family} {titles.get(protocol, protocol)}: F1@50 vs steps"
+        panels.setdefault(title, {})[f"{variant} ({len(seeds[family, protocol, variant])} seeds)"] = points
     path = json_path.with_suffix(".png")
     save_panels(list(panels.items()), path)
     return path
@@ -140,9 +139,10 @@ def main() -> None:
         if not args.json:
             parser.error("--summarize needs --json FILE")
         print(summary_table(Path(args.json)))
-        print(f"wrote {plot(Path(args.json))}")
+        png = plot(Path(args.json))
+        print(f"wrote {png}" if png else "no run in the file has a curve: no PNG")
         return
-    base = DemoArguments(family=args.family, threads=args.threads, curve_points=args.points)
+    base = DemoArguments(family=args.family, threads=args.threads)
     if args.train_images:
         base = replace(base, train_images=args.train_images)
     if args.val_images:
@@ -155,7 +155,7 @@ def main() -> None:
             continue
         runs = []
         for seed in range(args.first_seed, args.first_seed + args.repeats):
-            run_args = replace(base, mix=mix, seed=seed, max_steps=steps)
+            run_args = replace(base, mix=mix, seed=seed, max_steps=steps, curve_points=min(args.points, steps))
             if args.keep:
                 out = Path(args.keep) / f"{args.family}_{name.replace(' ', '_').replace('+', 'and')}_{seed}"
                 r = one(replace(run_args, out=str(out)))
@@ -168,8 +168,8 @@ def main() -> None:
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps({"family": args.family, "protocol": args.compare_mix, "variant": name, "mix": mix, "seed": seed, **r}) + "\n")
-        if args.json:
-            print(f"curves: {plot(Path(args.json))}")
+        if args.json and (png := plot(Path(args.json))):
+            print(f"curves: {png}")
         print(f"{args.family} {name}: median F1@50 {statistics.median(r['f1'] for r in runs):.3f}, "
               f"median {statistics.median(r['seconds'] for r in runs):.0f} s over {len(runs)} runs ({steps} steps)\n", flush=True)
 

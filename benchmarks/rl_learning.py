@@ -58,17 +58,12 @@ class Scorer:
         self.calls = 0
 
     def __call__(self, model) -> dict:
-        from qwen_instruct_det import evaluation, inference
+        from qwen_instruct_det import evaluation
 
         self.calls += 1
         path = self.folder / f"predictions_{self.calls}.jsonl"
-        path.unlink(missing_ok=True)
-        was_training = model.training
-        model.eval()
-        inference.predict_to_file(model, self.processor, self.val, path, box_format=self.qc.box_format, batch_size=32,
-                                  max_new_tokens=self.budget, categories=self.qc.categories or None, progress=False)
-        model.train(was_training)
-        report = evaluation.evaluate_file(path)
+        report, _ = evaluation.predict_and_score(model, self.processor, self.val, path, self.qc.box_format, self.budget,
+                                                 self.qc.categories or None)
         records = evaluation.read_predictions(path)
         tok = self.processor.tokenizer
         lengths = [len(ids) for ids in tok([r["text"] for r in records], add_special_tokens=False)["input_ids"]]

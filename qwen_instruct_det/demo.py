@@ -62,22 +62,26 @@ class DemoArguments:
 
 
 def _curve_callback(points: int, max_steps: int, score):
-    """Scores the model at ``points`` evenly spaced steps; records training seconds (scoring not counted), step and scores."""
+    """Scores the model at ``points`` evenly spaced steps: step, training seconds so far (batch loading included, scoring
+    not) and the scores; ``scoring`` is the time the scores took."""
     from transformers import TrainerCallback
 
     class HeldOutCurve(TrainerCallback):
         def __init__(self):
             self.marks = {round(max_steps * (k + 1) / points) for k in range(points)}
-            self.trained = 0.0
+            self.trained = self.scoring = 0.0
             self.curve: list[dict] = []
 
-        def on_step_begin(self, args, state, control, **kwargs):
+        def on_train_begin(self, args, state, control, **kwargs):
             self.clock = time.perf_counter()
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            self.trained += time.perf_counter() - self.clock
+            now = time.perf_counter()
+            self.trained += now - self.clock  # since the last step ended: the batch's loading and the step
             if state.global_step in self.marks:
                 self.curve.append({"step": state.global_step, "train_seconds": round(self.trained, 1), **score(model)})
+            self.clock = time.perf_counter()
+            self.scoring += self.clock - now
 
     return HeldOutCurve()
 
@@ -140,41 +144,35 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
     val = load_split("detection", "validation", cache_dir=cache, data_dir=data_args.data_dir, display_name=data_args.display_name,
                      seed=data_args.build_seed, **training.target_options(processor, qid_config.box_format))
 
-    def predict(path: Path) -> dict:
-        path.unlink(missing_ok=True)
-        was_training = model.training
-        model.eval()
-        counts = inference.predict_to_file(model, processor, val, path, box_format=qid_config.box_format, batch_size=32,
-                                           max_new_tokens=inference.default_max_new_tokens(qid_config.max_answer_tokens),
-                                           categories=qid_config.categories, progress=False)
-        model.train(was_training)
-        return counts
+    def predict(path: Path, out_dir: Path | None = None) -> tuple[dict, dict]:
+        return evaluation.predict_and_score(model, processor, val, path, qid_config.box_format,
+                                            inference.default_max_new_tokens(qid_config.max_answer_tokens), qid_config.categories, out_dir)
 
     def score(_model) -> dict:  # one point of the learning curve (the trainer's model is ``model``)
-        predict(out / "curve_predictions.jsonl")
-        report = evaluation.evaluate_file(out / "curve_predictions.jsonl")
-        return {"f1": report["det_iou50"]["f1"], "precision": report["det_iou50"]["precision"],
-                "recall": report["det_iou50"]["recall"], "AP50": report["coco_map"]["AP50"]}
+        report, _ = predict(out / "curve_predictions.jsonl")
+        d = report["det_iou50"]
+        return {"f1": d["f1"], "precision": d["precision"], "recall": d["recall"], "AP50": report["coco_map"]["AP50"]}
 
     curve = _curve_callback(args.curve_points, args.max_steps, score) if args.curve_points else None
     if curve:
         trainer.add_callback(curve)
     t = time.perf_counter()
     result = trainer.train()
-    timings["train"] = time.perf_counter() - t
+    timings["train"] = time.perf_counter() - t - (curve.scoring if curve else 0.0)
+    if curve:
+        timings["curve_scoring"] = curve.scoring
     model_dir = training.save_trained(trainer, processor, qid_config, stats)
 
-    progress(f"[5/6] predicting {args.val_images} held-out images")
+    progress(f"[5/6] predicting and scoring {args.val_images} held-out images")
     preds_path = out / "predictions.jsonl"
     t = time.perf_counter()
-    counts = predict(preds_path)
+    report, counts = predict(preds_path, out)
     timings["predict"] = time.perf_counter() - t
 
-    progress("[6/6] scoring and drawing")
-    report = evaluation.evaluate_file(preds_path, out)
+    progress("[6/6] drawing")
     records = evaluation.read_predictions(preds_path)
     pictures = visualize.visualize_records(records, out / "pictures", limit=16)
-    timings["total"] = time.perf_counter() - start
+    timings["total"] = time.perf_counter() - start - timings.get("curve_scoring", 0.0)  # the demo's time, as without a curve
     report["demo"] = {
         "arguments": asdict(args), "parameters": n_params, "train_rows": stats["train_rows"],
         "dropped_long_samples": stats["dropped_long_samples"], "final_train_loss": result.training_loss,

@@ -152,6 +152,26 @@ def evaluate_file(path: str | os.PathLike, out_dir: str | os.PathLike | None = N
     return report
 
 
+def predict_and_score(model, processor, rows, path: str | os.PathLike, box_format: str, max_new_tokens: int, categories=None,
+                      out_dir: str | os.PathLike | None = None) -> tuple[dict, dict]:
+    """Predict ``rows`` into a fresh ``path`` (the model in eval mode, its mode restored after) and evaluate it.
+
+    Returns ``evaluate_file``'s report (written to ``out_dir`` when given) and the prediction counts.
+    """
+    from .inference import predict_to_file
+
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    was_training = model.training
+    model.eval()
+    try:
+        counts = predict_to_file(model, processor, rows, path, box_format=box_format, batch_size=32, max_new_tokens=max_new_tokens,
+                                 categories=categories, progress=False)
+    finally:
+        model.train(was_training)
+    return evaluate_file(path, out_dir), counts
+
+
 def markdown_table(scores: dict) -> str:
     """Per-class precision, recall, F1, mean IoU and counts (crowd-ignored predictions too), then the overall row."""
     lines = ["| class | precision | recall | F1 | mean IoU | TP | FP | FN | ignored (crowd) |",
@@ -159,7 +179,7 @@ def markdown_table(scores: dict) -> str:
     rows = list(scores["per_class"].items()) + [("**all**", scores)]
     for name, s in rows:
         lines.append(f"| {name} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['mean_iou']:.3f} | {s['tp']} | {s['fp']} | {s['fn']} "
-                     f"| {s['ignored']} |")
+                     f"| {s.get('ignored', 0)} |")  # reports from before the count: 0
     return "\n".join(lines)
 
 

@@ -170,6 +170,8 @@ def format_reward(box_format: str = "qwen2", end_token_ids: Sequence[int] | None
     Parses completely: no unparsed fragment, no box dropped as empty, at least one box unless
     the answer is the "no objects" sentence (``dataset`` fills its ``{dataset}``), and no prose
     around the boxes (the parser reads answers through prose; this reward does not pay for it).
+    In ``qwen2`` text without grounding tokens (TRL decodes with ``skip_special_tokens``) a
+    box's label is the plain text before it, so only prose after the last box can be seen.
     Cut off: with ``end_token_ids`` (the tokenizer's end-of-turn, eos and pad ids), an answer
     whose ``completion_ids`` do not end with one of them; TRL decodes answers without those
     tokens, so the text alone cannot show a cut at a box boundary.

@@ -125,6 +125,8 @@ FORMAT_CASES = {
     "prose after the last box": (PERFECT + " I hope this helps.", 0.0),
     "prose after grounding tokens": (TOKENS + " That is all.", 0.0),
     "prose before grounding tokens": ("Sure! " + TOKENS, 0.0),
+    # without the tokens (how TRL decodes) prose before a box is its label's text: not a format fault, a wrong label
+    "prose before a box without tokens": ("Sure! " + PERFECT, 1.0),
     "end tokens and spaces after the boxes": (TOKENS + " <|im_end|>\n", 1.0),
     "json in a code fence": ('```json\n[{"bbox_2d": [100, 100, 300, 300], "label": "circle"}]\n```', 1.0),
     "prose after the json": ('[{"bbox_2d": [100, 100, 300, 300], "label": "circle"}] Done.', 0.0),
