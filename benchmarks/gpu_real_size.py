@@ -113,7 +113,7 @@ def run_family(family: str, args, work: str, cuda: bool) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     sft = SFTConfig(output_dir=f"{work}/out_{family}", max_steps=args.steps, per_device_train_batch_size=1, gradient_accumulation_steps=4,
                     learning_rate=5e-5, lr_scheduler_type="cosine", warmup_steps=0.05, bf16=cuda, use_cpu=not cuda,
-                    gradient_checkpointing=cuda, max_length=2048, logging_steps=10, save_strategy="no", report_to="none",
+                    activation_checkpointing=cuda, max_length=2048, logging_steps=10, save_strategy="no", report_to="none",
                     dataloader_num_workers=2 if cuda else 0)
     model_args = ModelConfig(model_name_or_path=f"{family} published shape (random)", use_peft=True, lora_r=32, lora_alpha=64, lora_dropout=0.05)
     parts = training.PartsArguments(freeze_vision=False, freeze_merger=False, freeze_llm=False)  # the seed's run: all three parts

@@ -100,7 +100,7 @@ def _budget_callback(seconds: float, points: int, score):
 
 def _common(out: Path, lr: float, seed: int) -> dict:
     return dict(output_dir=str(out), max_steps=10**6, learning_rate=lr, lr_scheduler_type="constant", weight_decay=0.0, save_strategy="no",
-                report_to="none", use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False, seed=seed, data_seed=seed,
+                report_to="none", use_cpu=True, bf16=False, fp16=False, activation_checkpointing=False, seed=seed, data_seed=seed,
                 dataloader_num_workers=0, disable_tqdm=True)
 
 

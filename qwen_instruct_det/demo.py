@@ -135,7 +135,7 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
     sft = SFTConfig(
         output_dir=str(out / "model"), max_steps=args.max_steps, per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
         lr_scheduler_type="cosine", warmup_steps=max(1, int(0.03 * args.max_steps)), weight_decay=0.0, logging_steps=max(1, args.max_steps // 20),
-        save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False, seed=args.seed,
+        save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False, activation_checkpointing=False, seed=args.seed,
         data_seed=args.seed, dataloader_num_workers=0, max_length=1024, disable_tqdm=False,
     )
     model_args = ModelConfig(model_name_or_path=f"tiny {args.family} (random init)", use_peft=False)

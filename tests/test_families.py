@@ -29,7 +29,7 @@ NATIVE = {"qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2_5", "qwen3_vl": "qwen3"}
 PUBLISHED_BUDGETS = {"qwen2_vl": (3136, 12845056), "qwen2_5_vl": (3136, 12845056), "qwen3_vl": (65536, 16777216)}
 NAMES = ["Traffic Light", "SQUARE  (big)"]  # capitals, two spaces, brackets: the data set's names must come back exactly
 TINY = {"hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2, "vision_depth": 1, "vision_embed_dim": 64}
-SFT_FLAGS = ["--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false", "--report_to", "none", "--save_strategy", "no",
+SFT_FLAGS = ["--use_cpu", "true", "--bf16", "false", "--activation_checkpointing", "false", "--report_to", "none", "--save_strategy", "no",
              "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--seed", "0", "--data_seed", "0", "--weight_decay", "0",
              "--max_length", "1024"]
 

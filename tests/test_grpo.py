@@ -18,7 +18,7 @@ from qwen_instruct_det.synthetic import SynthOptions, make_synthetic_coco
 
 pytest.importorskip("trl")
 
-CPU = ["--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false", "--report_to", "none", "--save_strategy", "no",
+CPU = ["--use_cpu", "true", "--bf16", "false", "--activation_checkpointing", "false", "--report_to", "none", "--save_strategy", "no",
        "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--logging_steps", "1", "--seed", "0"]
 
 
@@ -47,7 +47,7 @@ def sft_folder(tmp_path_factory):
     processor = tiny_model.build_processor(texts, cfg)
     model = tiny_model.build_model(processor, cfg)
     sft = SFTConfig(output_dir=str(root / "sft"), per_device_train_batch_size=2, learning_rate=1e-2, lr_scheduler_type="constant", max_steps=40,
-                    save_strategy="no", report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False, dataloader_num_workers=0,
+                    save_strategy="no", report_to="none", use_cpu=True, bf16=False, activation_checkpointing=False, dataloader_num_workers=0,
                     max_length=1024, disable_tqdm=True, weight_decay=0.0, seed=0)
     parts = training.PartsArguments(freeze_vision=False, freeze_merger=False, tiny=True, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     trainer, qc, stats = training.make_trainer(data, parts, ModelConfig(model_name_or_path="tiny", use_peft=False), sft, model=model,

@@ -27,7 +27,7 @@ def _sft(out, **kw):
 
     base = dict(output_dir=str(out), per_device_train_batch_size=8, learning_rate=3e-3, lr_scheduler_type="constant",
                 logging_steps=50, save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False,
-                gradient_checkpointing=False, seed=0, data_seed=0, dataloader_num_workers=0, max_length=1024,
+                activation_checkpointing=False, seed=0, data_seed=0, dataloader_num_workers=0, max_length=1024,
                 disable_tqdm=True, weight_decay=0.0)
     base.update(kw)
     return SFTConfig(**base)
@@ -307,7 +307,7 @@ def test_two_process_cpu_training_with_torchrun(eight, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port,
            "-m", "qwen_instruct_det.training", "--data_dir", data.data_dir, "--tiny", "true", "--use_peft", "false",
            "--min_pixels", "3528", "--max_pixels", "7056", "--max_steps", "2", "--per_device_train_batch_size", "2",
-           "--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false",
+           "--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--bf16", "false", "--activation_checkpointing", "false",
            "--report_to", "none", "--save_strategy", "no", "--dataloader_num_workers", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
