@@ -146,20 +146,25 @@ def lora_target_parameters(model, trainable_parts: list[str]) -> list[str]:
 
 def set_lora_targets(peft_config, model, trainable_parts: list[str], model_args) -> None:
     """Fill in the LoRA targets ``model_args`` (TRL's ModelConfig) leaves unset: the unfrozen parts' linear layers and, when
-    neither ``lora_target_modules`` nor ``lora_target_parameters`` is given, a mixture-of-experts model's experts (with
-    ``lora_dropout`` 0, which PEFT requires there; a warning says so)."""
-    if model_args.lora_target_modules:
-        return
-    peft_config.target_modules = lora_target_regex(trainable_parts)
-    if getattr(model_args, "lora_target_parameters", None) is None:
-        experts = lora_target_parameters(model, trainable_parts)
-        if experts:
-            peft_config.target_parameters = experts
-            logger.info("LoRA also adapts the experts (%s): they are 3-D parameters, not linear layers", ", ".join(experts))
-            if peft_config.lora_dropout:
-                logger.warning("lora_dropout %s -> 0: PEFT's LoRA on expert parameters takes no dropout (name lora_target_modules "
-                               "to keep dropout and leave the experts frozen)", peft_config.lora_dropout)
-                peft_config.lora_dropout = 0.0
+    neither ``lora_target_modules`` nor ``lora_target_parameters`` is given, a mixture-of-experts model's experts.
+
+    LoRA on parameters (the experts, or whatever ``lora_target_parameters`` names) takes no
+    dropout in PEFT, so ``lora_dropout`` (TRL's default 0.05) becomes 0 then; a warning says so.
+    """
+    automatic = False
+    if not model_args.lora_target_modules:
+        peft_config.target_modules = lora_target_regex(trainable_parts)
+        if getattr(model_args, "lora_target_parameters", None) is None:
+            experts = lora_target_parameters(model, trainable_parts)
+            if experts:
+                automatic = True
+                peft_config.target_parameters = experts
+                logger.info("LoRA also adapts the experts (%s): they are 3-D parameters, not linear layers", ", ".join(experts))
+    if getattr(peft_config, "target_parameters", None) and peft_config.lora_dropout:
+        hint = " (name lora_target_modules to keep dropout and leave the experts frozen)" if automatic else ""
+        logger.warning("lora_dropout %s -> 0: PEFT's LoRA on parameters (%s) takes no dropout%s", peft_config.lora_dropout,
+                       ", ".join(peft_config.target_parameters), hint)
+        peft_config.lora_dropout = 0.0
 
 
 def load_processor(name_or_path: str, min_pixels: int | None = None, max_pixels: int | None = None, trust_remote_code: bool = False):

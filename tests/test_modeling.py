@@ -188,6 +188,23 @@ def test_lora_reaches_the_experts_of_qwen3_vl_moe():
     assert summary["vision"]["trainable"] == summary["merger"]["trainable"] == 0
 
 
+def test_lora_on_parameters_the_user_names_gets_no_dropout():
+    """PEFT's LoRA on parameters refuses dropout; TRL's default is 0.05, so naming lora_target_parameters failed inside PEFT."""
+    from peft import get_peft_model
+
+    trl = pytest.importorskip("trl")
+    model = _meta_model(QWEN3_VL_30B_A3B)
+    for named in ({"lora_target_parameters": ["mlp.experts.down_proj"]},
+                  {"lora_target_parameters": ["mlp.experts.down_proj"], "lora_target_modules": ["q_proj"]}):
+        args = trl.ModelConfig(use_peft=True, lora_r=R, **named)
+        config = trl.get_peft_config(args)
+        modeling.set_lora_targets(config, model, ["language_model"], args)
+        assert args.lora_dropout > 0 and config.lora_dropout == 0
+        assert config.target_parameters == ["mlp.experts.down_proj"]  # the user's choice, not the library's
+        summary = modeling.trainable_summary(get_peft_model(_meta_model(QWEN3_VL_30B_A3B), config, low_cpu_mem_usage=True))
+        assert summary["language_model"]["trainable"] > 0
+
+
 def test_expert_lora_trains_and_merges_on_a_small_qwen3_vl_moe():
     """The experts' LoRA is in the forward pass (its gradients are not zero) and merges into the same function."""
     from peft import get_peft_model
