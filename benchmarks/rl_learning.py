@@ -2,6 +2,7 @@
 
     python benchmarks/rl_learning.py --seeds 0 1 2             # the full comparison (the demo's SFT model first, if absent)
     python benchmarks/rl_learning.py --smoke                   # a small demo and a few seconds of each: checks the script
+    python benchmarks/rl_learning.py --arms grpo --grpo-lr 1e-5  # one arm only: a diagnosis of GRPO's own settings
 
 Starts from ``--demo-out``/model (``qid demo`` writes it; run with the demo's defaults when it
 is missing) and continues it (a) with GRPO (``qwen_instruct_det.grpo``, detection + format
@@ -148,8 +149,16 @@ def continue_training(kind: str, start: Path, data_dir: Path, args, seed: int, s
     trainer.train()
     keys = GRPO_LOGS if kind == "grpo" else ("loss",)
     logs = [{"step": h["step"], **{k: h[k] for k in keys if k in h}} for h in trainer.state.log_history if any(k in h for k in keys)]
-    return {"seed": seed, "steps": trainer.state.global_step, "samples": trainer.state.global_step * trainer.args.per_device_train_batch_size,
+    return {"seed": seed, "kind": kind, "steps": trainer.state.global_step, "samples": trainer.state.global_step * trainer.args.per_device_train_batch_size,
             "train_seconds": round(budget.trained, 1), "curve": budget.curve, "final": budget.curve[-1], "logs": logs}
+
+
+def by_quarter(logs: list[dict], key: str) -> list[float]:
+    """The mean of ``key`` over each quarter of the logged steps (GRPO logs every step: single steps are noise)."""
+    values = [h[key] for h in logs if key in h]
+    if len(values) < 4:
+        return [float(np.mean(values))] if values else []
+    return [float(np.mean(part)) for part in np.array_split(values, 4)]
 
 
 def median_curve(runs: list[dict]) -> list[dict]:
@@ -170,7 +179,9 @@ def _running_mean(points: list[tuple[float, float]]) -> list[tuple[float, float]
 def plot(result: dict, path: Path) -> str:
     """Held-out F1 over training time (both), GRPO rewards and KL over steps; matplotlib if installed, else Pillow."""
     series_f1 = {name: [(0.0, result["start"]["f1"])] + [(p["seconds"], p["f1"]) for p in result[name]["median_curve"]]
-                 for name in ("grpo", "sft")}
+                 for name in ("grpo", "sft") if name in result}
+    if "grpo" not in result:
+        return save_panels([("held-out F1@50 vs training seconds", series_f1)], path)
     logs = result["grpo"]["runs"][0]["logs"]
     series_rewards = {k.split("/")[1] if "/" in k else k: _running_mean([(h["step"], h[k]) for h in logs if k in h])
                       for k in ("rewards/detection_f1/mean", "rewards/format/mean", "reward_std")}
@@ -196,6 +207,8 @@ def main() -> None:
     parser.add_argument("--sft-batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores).")
     parser.add_argument("--out", default=None, help="JSON to write (default: DEMO_OUT/rl_learning.json); the PNG goes next to it.")
+    parser.add_argument("--arms", nargs="+", default=["grpo", "sft"], choices=("grpo", "sft"),
+                        help="Continuations to run (both by default; one alone for a diagnosis of its settings).")
     parser.add_argument("--smoke", action="store_true", help="A small demo, one seed, a few seconds of each: checks the script runs.")
     args = parser.parse_args()
 
@@ -228,7 +241,7 @@ def main() -> None:
     set_seed(0)
     result = {"arguments": vars(args), "start_model": str(start), "start": score(model)}
     del model
-    for kind in ("grpo", "sft"):
+    for kind in args.arms:
         runs = []
         for seed in args.seeds:
             t = time.perf_counter()
@@ -238,6 +251,10 @@ def main() -> None:
             print(f"{kind} seed {seed}: {run['steps']} steps ({run['samples']} samples) in {run['train_seconds']:.0f} s training "
                   f"({time.perf_counter() - t:.0f} s wall): F1@50 {f['f1']:.3f} P {f['precision']:.3f} R {f['recall']:.3f} "
                   f"AP {f['AP']:.3f} AP50 {f['AP50']:.3f} dup {f['duplicate_rate']:.3f} len {f['mean_answer_tokens']:.1f}", flush=True)
+            if kind == "grpo":  # GRPO's own objective, on the training images: did it rise?
+                quarters = {k: by_quarter(run["logs"], k) for k in ("rewards/detection_f1/mean", "reward_std", "kl")}
+                run["quarters"] = quarters
+                print("  by quarter of steps: " + "; ".join(f"{k} " + " / ".join(f"{v:.3f}" for v in q) for k, q in quarters.items()), flush=True)
         result[kind] = {"runs": runs, "median_curve": median_curve(runs),
                         "median": {**{k: statistics.median(r["final"][k] for r in runs) for k in METRICS},
                                    **{k: statistics.median(r[k] for r in runs) for k in ("steps", "samples")}}}
@@ -250,9 +267,11 @@ def main() -> None:
     print("| --- |" + " ---: |" * (len(METRICS) + 2))
     print("| SFT model (start) | " + " | ".join(f"{result['start'][k]:.3f}" for k in METRICS) + " | | |")
     for kind, name in (("grpo", "+ GRPO"), ("sft", "+ more SFT")):
+        if kind not in result:
+            continue
         m = result[kind]["median"]
         print(f"| {name} (median of {len(args.seeds)}) | " + " | ".join(f"{m[k]:.3f}" for k in METRICS) + f" | {m['steps']:.0f} | {m['samples']:.0f} |")
-    last = [h for h in result["grpo"]["runs"][0]["logs"] if "reward" in h]
+    last = [h for h in result["grpo"]["runs"][0]["logs"] if "reward" in h] if "grpo" in result else []
     if last:
         print(f"GRPO seed {args.seeds[0]} last step: reward {last[-1]['reward']:.3f}, group reward std {last[-1].get('reward_std', 0):.3f}, "
               f"KL {last[-1].get('kl', 0):.4f}")

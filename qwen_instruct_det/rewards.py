@@ -127,10 +127,18 @@ def _average_precision(hits: np.ndarray, n_truth: int) -> float:
     return float(envelope[hits].sum() / n_truth)
 
 
-def _score(parsed: ParseResult, objects: list[dict], kind: str, iou_threshold: float) -> float:
+def _says_none(parsed: ParseResult, text: str) -> bool:
+    """An answer with no boxes that says so: the "no objects" sentence or an empty JSON list, read whole (not silence, not
+    babble, not a box cut off before it could be read)."""
+    return not parsed.labels and parsed.unparsed == 0 and parsed.dropped == 0 and bool(text.strip())
+
+
+def _score(parsed: ParseResult, text: str, objects: list[dict], kind: str, iou_threshold: float) -> float:
     n_pred, n_truth = len(parsed.labels), len(objects)
-    if n_pred == 0 or n_truth == 0:
-        return 1.0 if n_pred == n_truth else 0.0
+    if n_truth == 0:
+        return 1.0 if _says_none(parsed, text) else 0.0
+    if n_pred == 0:
+        return 0.0
     result = match([{"boxes": parsed.boxes, "labels": parsed.labels}], [_truth(objects)], iou_threshold)
     tp = int(result.pred_matched.sum())
     if kind == "f1":
@@ -147,7 +155,9 @@ def detection_reward(box_format: str = "qwen2", iou_threshold: float = 0.5, kind
     ``categories`` (the data set's names) map answer labels to the data set's spelling; the
     row's own category names are always known. ``qwen2_5`` answers need the processor-resized
     size: an ``input_size`` column, or the processor's ``min_pixels``, ``max_pixels`` and
-    ``factor`` here. Empty truth and empty answer score 1.0; one empty and not the other, 0.
+    ``factor`` here. On an image with no objects an answer that says so (the "no objects"
+    sentence, or an empty JSON list) scores 1.0; anything else, boxes, babble, silence or a
+    cut-off answer, 0. No boxes against some truth scores 0.
     """
     if kind not in KINDS:
         raise ValueError(f"detection reward kind must be one of {KINDS}, got {kind!r}.")
@@ -157,7 +167,7 @@ def detection_reward(box_format: str = "qwen2", iou_threshold: float = 0.5, kind
 
     def reward(prompts, completions, objects, width, height, input_size=None, **columns) -> list[float]:
         parsed = reader.parse(completions, width, height, objects, input_size)
-        return [_score(p, obj, kind, iou_threshold) for p, obj in zip(parsed, objects)]
+        return [_score(p, completion_text(c), obj, kind, iou_threshold) for p, c, obj in zip(parsed, completions, objects)]
 
     reward.__name__ = reward.__qualname__ = f"detection_{kind}"
     return reward
