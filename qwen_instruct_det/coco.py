@@ -190,6 +190,13 @@ def load_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike, 
     dup = np.flatnonzero(np.diff(image_ids[order]) == 0)
     if len(dup):
         raise _fail(path, f"image id {image_ids[order[dup[0]]]} appears twice", "Image ids must be unique.")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(file_names):
+        first = seen.setdefault(os.path.normpath(str(name)), i)
+        if first != i:
+            raise _fail(path, f"image ids {image_ids[first]} and {image_ids[i]} are both the file {name!r}",
+                        "Each would become a row with only its own annotations, the other's objects unmarked on it: "
+                        "merge the two image records (and their annotations) into one.")
 
     cat_ids = _numeric(_column(cats, "id", "an int", path, "category"), np.int64, path, "category", "id", cats)
     cat_names = [str(n) for n in _column(cats, "name", "a string", path, "category")]

@@ -61,6 +61,9 @@ def test_malformed_json(tmp_path):
         (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), r"annotation record #0 .* bbox=\[1, 2, 3\]"),
         (lambda d: d["images"].clear(), "'images' is empty"),
         (lambda d: d["images"][1].update(id=d["images"][0]["id"]), "appears twice"),
+        # merged exports list one file under two ids: each row would hold half its objects, the other half unmarked
+        (lambda d: d["images"][4].update(file_name="./" + d["images"][2]["file_name"]),
+         r"image ids \d+ and \d+ are both the file .*merge the two image records"),
     ],
 )
 def test_bad_records_are_named(copy, mutate, message):
