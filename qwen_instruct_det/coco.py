@@ -57,6 +57,9 @@ class CocoIndex:
     ann_crowd: np.ndarray  # bool
     ann_start: np.ndarray  # int64 (n_images + 1,)
     skipped: dict[str, int] = field(default_factory=dict)
+    # boxes of the categories a filter left out (crowd or not): not targets, but still objects in the picture
+    other_image: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    other_xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.float64))
     memo: dict = field(default_factory=dict, repr=False, compare=False)
     """What later stages derive from this index and reuse across configurations (it never changes once built)."""
 
@@ -85,7 +88,11 @@ class CocoIndex:
         return self._replace(keep_idx, remap, ann_keep)
 
     def select_categories(self, names: list[str]) -> CocoIndex:
-        """A new index keeping only annotations of the named categories (all images stay)."""
+        """A new index keeping only annotations of the named categories (all images stay).
+
+        The others' boxes move to ``other_image``/``other_xyxy``: a region said to hold no object
+        (none_region) must keep off them too.
+        """
         known = {n: i for i, n in enumerate(self.category_names)}
         missing = [n for n in names if n not in known]
         if missing:
@@ -97,11 +104,16 @@ class CocoIndex:
         wanted[[known[n] for n in names]] = True
         ann_keep = wanted[self.ann_category]
         all_images = np.arange(self.num_images)
-        return self._replace(all_images, all_images, ann_keep)
+        kept = self._replace(all_images, all_images, ann_keep)
+        order = np.argsort(np.concatenate([self.other_image, self.ann_image[~ann_keep]]), kind="stable")
+        kept.other_image = np.concatenate([self.other_image, self.ann_image[~ann_keep]])[order]
+        kept.other_xyxy = np.concatenate([self.other_xyxy, self.ann_xyxy[~ann_keep]])[order]
+        return kept
 
     def _replace(self, keep_idx: np.ndarray, remap: np.ndarray, ann_keep: np.ndarray) -> CocoIndex:
         ann_image = remap[self.ann_image[ann_keep]]
         counts = np.bincount(ann_image, minlength=len(keep_idx))
+        other_keep = remap[self.other_image] >= 0
         return CocoIndex(
             annotation_file=self.annotation_file,
             image_dir=self.image_dir,
@@ -117,6 +129,8 @@ class CocoIndex:
             ann_crowd=self.ann_crowd[ann_keep],
             ann_start=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
             skipped=dict(self.skipped),
+            other_image=remap[self.other_image[other_keep]],
+            other_xyxy=self.other_xyxy[other_keep],
         )
 
 

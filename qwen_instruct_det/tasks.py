@@ -28,7 +28,7 @@ TASK_DESCRIPTIONS = {
     "count": "`NAME: N` per category present in each image (images with crowd regions left out).",
     "full_region": "A region that fully contains one object and at most 5% of any other.",
     "partial_region": "A region that shows 20-80% of one object and at most 5% of any other, the visible share stated to the nearest 10%.",
-    "none_region": "A region that touches no object box, crowd boxes included.",
+    "none_region": "A region that touches no object box: crowd boxes and categories a filter leaves out included.",
 }
 
 DETECTION_PROMPT = "Draw the bounding box of objects"
@@ -372,14 +372,15 @@ def partial_region(objs: Objects, opts: TaskOptions) -> TaskRows:
 
 
 def none_region(objs: Objects, opts: TaskOptions) -> TaskRows:
-    """Per image: regions sized like the image's objects that overlap no box, crowd boxes included."""
+    """Per image: regions sized like the image's objects that overlap no box, crowd boxes and the boxes of categories a
+    filter left out included."""
     idx = objs.index
     R, K = opts.regions_per_object, opts.candidates
     n = idx.num_images
-    # every box, crowd included, sorted by image
-    all_image = np.concatenate([objs.image, objs.crowd_image])
+    # every box, crowd and filtered-out categories included, sorted by image
+    all_image = np.concatenate([objs.image, objs.crowd_image, idx.other_image])
     order = np.argsort(all_image, kind="stable")
-    occupied = np.concatenate([objs.xyxy, objs.crowd_xyxy])[order]
+    occupied = np.concatenate([objs.xyxy, objs.crowd_xyxy, idx.other_xyxy])[order]
     occ_start = _starts(all_image[order], n)
     occ_counts = np.diff(occ_start)
     region = np.full((n * R, 4), np.nan)

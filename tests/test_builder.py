@@ -172,6 +172,20 @@ def test_none_region_overlaps_no_box_crowd_included(built, shapes_dir):
     assert n >= 50
 
 
+def test_none_region_keeps_off_the_categories_a_filter_leaves_out(shapes_dir, tmp_path):
+    """"No object from the COCO categories" must hold for every category of the file, not only the ones kept."""
+    truth = _truth(shapes_dir)
+    _, ds = _build(shapes_dir, tmp_path, "none_region", categories=["circle"], regions_per_object=3)
+    n = 0
+    for row in ds:
+        region = np.array(row["region"], dtype=np.float64)[None]
+        every = [b for b, _ in truth[row["image_id"]]["objects"] + truth[row["image_id"]]["crowd"]]
+        if every:
+            assert B.intersection(np.array(every), region).max() <= 1e-4, (row["image_id"], row["region"])
+        n += 1
+    assert n >= 50
+
+
 @pytest.mark.parametrize("name", ["full_region", "partial_region", "none_region"])
 def test_region_text_states_the_stored_region(built, name):
     for row in built[name]["train"]:
