@@ -16,6 +16,7 @@ itself). So the registration also wraps that method for this one name: with no
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib
 import warnings
@@ -43,8 +44,9 @@ def builder_sources() -> list[Path]:
     return sorted(seen)
 
 
+@functools.cache
 def _source_hash() -> str:
-    """Hash of the code that decides the rows, so the datasets cache is rebuilt when it changes."""
+    """Hash of the code that decides the rows, so the datasets cache is rebuilt when it changes (once per process)."""
     digest = hashlib.sha256()
     for path in builder_sources():
         digest.update(path.name.encode() + b"\0" + path.read_bytes())

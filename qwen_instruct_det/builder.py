@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 from datasets.builder import Key
 
-from . import coco, images
+from . import _registry, coco, images
 from .formats import BOX_FORMATS
 from .tasks import TASK_DESCRIPTIONS, TASKS, Objects, TaskOptions, TaskRows, generate
 
@@ -124,6 +124,9 @@ class QwenInstructDet(datasets.ArrowBasedBuilder):
     def __init__(self, *args, **kwargs):
         kwargs.pop("data_files", None)  # resolved by datasets from data_dir; this builder reads the layout itself
         kwargs["source_fingerprint"] = _fingerprint(kwargs.get("data_dir"), kwargs.get("annotation_files"))
+        # load_dataset passes the hash of the code that makes the rows; made directly (load_split), the cache needs it too,
+        # or a library upgrade that changes the rows would read the old ones back
+        kwargs["hash"] = kwargs.get("hash") or _registry._source_hash()
         super().__init__(*args, **kwargs)
         self.skipped: dict[str, dict[str, int]] = {}
 

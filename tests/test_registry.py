@@ -96,3 +96,17 @@ def test_other_packaged_builders_still_resolve_their_files(tmp_path):
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps({"a": i}) for i in range(3)))
     ds = datasets.load_dataset("json", data_dir=str(tmp_path), cache_dir=str(tmp_path / "c"))
     assert ds["train"]["a"] == [0, 1, 2]
+
+
+def test_the_builder_made_directly_caches_under_the_code_that_made_the_rows(shapes_dir, tmp_path, monkeypatch):
+    """qid train, demo and predict build through QwenInstructDet(...), not load_dataset: a library upgrade that changes the
+    rows must not read the old Arrow files back from the cache."""
+    from qwen_instruct_det.builder import QwenInstructDet
+
+    def cache_dir():
+        return QwenInstructDet(config_name="count", data_dir=str(shapes_dir), cache_dir=str(tmp_path)).cache_dir
+
+    before = cache_dir()
+    assert _registry._source_hash() in before
+    monkeypatch.setattr(_registry, "_source_hash", lambda: "0" * 64)  # as if tasks.py had changed
+    assert cache_dir() != before
