@@ -133,6 +133,10 @@ def _check_image(item: Mapping, role: str, i: int) -> None:
     finite = np.isfinite(arr).all(axis=1)
     if not finite.all():
         raise ValueError(f"{role}[{i}] has a box that is not finite, {arr[~finite][0].tolist()}; boxes are pixel coordinates.")
+    inverted = (arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1])
+    if inverted.any():  # COCO's [x, y, width, height] passed as corners is the usual cause: scored, it is a zero, not an error
+        raise ValueError(f"{role}[{i}] has a box with x2 < x1 or y2 < y1, {arr[inverted][0].astype(np.float64).tolist()}; boxes are "
+                         "[x1, y1, x2, y2] in pixels (COCO's [x, y, width, height] is [x, y, x + width, y + height]).")
     if not isinstance(labels, (list, tuple, np.ndarray)):
         raise ValueError(f"{role}[{i}] has labels {_short(labels)}; give a list with one name per box.")
     if len(labels) != len(arr):
@@ -192,6 +196,7 @@ def _read(items: Sequence[Detections], role: str, start: int = 0) -> _Flat:
     except TypeError:  # an unhashable label
         labels_ok = False
     if (xyxy is None or _numbers(scores) is None or _numbers(areas) is None or not labels_ok
+            or bool(((xyxy[:, 2] < xyxy[:, 0]) | (xyxy[:, 3] < xyxy[:, 1])).any())
             or (len(flags) and (flags.dtype.kind not in "biu" or not np.isin(flags, (0, 1)).all()))):
         for i, item in enumerate(items, start):
             _check_image(item, role, i)

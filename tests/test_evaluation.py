@@ -105,6 +105,8 @@ def test_coco_map_names_wrong_inputs():
         coco_map(good, [{"boxes": [[0, 0, float("inf"), 10]], "labels": ["a"]}])
     with pytest.raises(ValueError, match=r"references\[0\] has area"):
         coco_map(good, [{"boxes": [[0, 0, 10, 10]], "labels": ["a"], "area": []}])
+    with pytest.raises(ValueError, match=r"references\[0\] has a box with x2 < x1 or y2 < y1"):
+        coco_map(good, [{"boxes": [[100, 100, 20, 30]], "labels": ["a"]}])
     # numpy columns and an unknown image_id are read as they are
     crowd = [{"boxes": np.array([[0, 0, 10, 10], [20, 20, 90, 90]]), "labels": ["a", "a"], "iscrowd": np.array([0, 1]), "image_id": None}]
     on_crowd = [{"boxes": np.array([[0, 0, 10, 10], [30, 30, 40, 40]]), "labels": ["a", "a"], "scores": np.array([0.5, 0.9])}]

@@ -143,6 +143,7 @@ _BAD_PREDICTIONS = [
     (det([[0, 0, None, 10]], ["a"]), r"predictions\[1\] has boxes .*numbers"),
     (det([[0, 0, float("nan"), 10]], ["a"]), r"predictions\[1\] has a box that is not finite"),
     (det([[0, 0, float("inf"), 10]], ["a"]), r"predictions\[1\] has a box that is not finite"),
+    (det([[0, 10, 10, 5]], ["a"]), r"predictions\[1\] has a box with x2 < x1 or y2 < y1"),
     (det([[0, 0, 10, 10]], ["a", "b"]), r"predictions\[1\] has 1 boxes and 2 labels"),
     (det([[0, 0, 10, 10]], "a"), r"predictions\[1\] has labels 'a'"),
     (det([[0, 0, 10, 10]], [None]), r"predictions\[1\] has label None"),
@@ -156,6 +157,8 @@ _BAD_REFERENCES = [
     (det([[0, 0, 10, 10]], ["a"], iscrowd=["no"]), r"references\[1\] has iscrowd"),
     (det([[0, 0, 10, 10]], ["a"], category=["a"]), r"references\[1\] has unknown keys \['category'\].*'iscrowd'"),
     (det([[0, 0, 10, 10]], ["a"], area=[1, 2]), r"references\[1\] has area"),
+    # COCO's [x, y, width, height] given as corners: most boxes come out inverted, and every one scored as missed
+    (det([[0, 0, 10, 10], [100, 100, 20, 30]], ["a", "a"]), r"references\[1\] has a box with x2 < x1 or y2 < y1, \[100.0, 100.0, 20.0, 30.0\].*\[x, y, x \+ width"),
 ]
 
 
