@@ -188,6 +188,26 @@ def load_split(config: str, split: str, cache_dir: str | None = None, **config_k
     return builder.as_dataset(split=split)
 
 
+def crowd_regions(split: str, **config_kwargs) -> dict[int, dict]:
+    """A split's crowd regions per image id, ``{"boxes": [[x1, y1, x2, y2], ...], "labels": [...]}`` in the rows' frame
+    (EXIF orientation applied, after any category filter).
+
+    Rows never hold them (crowd regions are no targets), but scoring needs them: as in COCOeval,
+    a prediction on a crowd region of its class is ignored, not a false positive.
+    """
+    builder = QwenInstructDet(config_name="detection", **config_kwargs)
+    files = builder._split_files()
+    if split not in files:
+        raise ValueError(f"{config_kwargs.get('data_dir') or config_kwargs.get('annotation_files')} has no split {split!r}; it has {list(files)}.")
+    index = prepare_index(*files[split], builder.config)
+    out: dict[int, dict] = {}
+    for k in np.flatnonzero(index.ann_crowd).tolist():
+        entry = out.setdefault(int(index.image_ids[index.ann_image[k]]), {"boxes": [], "labels": []})
+        entry["boxes"].append(index.ann_xyxy[k].tolist())
+        entry["labels"].append(index.category_names[index.ann_category[k]])
+    return out
+
+
 def category_names(split: str, **config_kwargs) -> list[str]:
     """The data set's category names as its annotation file spells them (after any category filter), in id order.
 

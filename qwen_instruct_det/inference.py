@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -132,17 +132,22 @@ class PredictionRecord(TypedDict, total=False):
 
 
 def predict(model, processor, rows: Iterable[dict], box_format: str = "qwen2", batch_size: int = 8, max_new_tokens: int = 512,
-            categories: list[str] | None = None) -> Iterator[PredictionRecord]:
-    """Records for rows that carry ``images``, ``prompt``, ``width``, ``height`` (and ``objects``, ``image_id`` when known)."""
+            categories: list[str] | None = None, crowd: Mapping[int, dict] | None = None) -> Iterator[PredictionRecord]:
+    """Records for rows that carry ``images``, ``prompt``, ``width``, ``height`` (and ``objects``, ``image_id`` when known).
+
+    ``crowd`` (image id -> ``{"boxes", "labels"}``, :func:`builder.crowd_regions`) adds each image's
+    crowd regions to its truth, flagged in ``iscrowd``: rows never hold them (they are no
+    targets), and scoring without them counts a prediction on a crowd region as a false positive.
+    """
     fmt = get_box_format(box_format)
     batch: list[dict] = []
     for row in rows:
         batch.append(row)
         if len(batch) == batch_size:
-            yield from _predict_batch(model, processor, batch, fmt, max_new_tokens, categories)
+            yield from _predict_batch(model, processor, batch, fmt, max_new_tokens, categories, crowd)
             batch = []
     if batch:
-        yield from _predict_batch(model, processor, batch, fmt, max_new_tokens, categories)
+        yield from _predict_batch(model, processor, batch, fmt, max_new_tokens, categories, crowd)
 
 
 def _open(image):
@@ -153,7 +158,17 @@ def _open(image):
     return open_feature_image(image), path or None
 
 
-def _predict_batch(model, processor, batch, fmt, max_new_tokens, categories):
+def _truth(row: dict, crowd: Mapping[int, dict] | None) -> dict:
+    truth = {"boxes": [o["bbox"] for o in row["objects"]], "labels": [o["category"] for o in row["objects"]]}
+    regions = (crowd or {}).get(row.get("image_id"))
+    if regions and regions["boxes"]:
+        truth["iscrowd"] = [False] * len(truth["boxes"]) + [True] * len(regions["boxes"])
+        truth["boxes"] += [list(b) for b in regions["boxes"]]
+        truth["labels"] += list(regions["labels"])
+    return truth
+
+
+def _predict_batch(model, processor, batch, fmt, max_new_tokens, categories, crowd=None):
     opened = [[_open(im) for im in row["images"]] for row in batch]
     images = [[im for im, _ in row] for row in opened]
     gens = generate(model, processor, images, [row["prompt"] for row in batch], max_new_tokens)
@@ -174,7 +189,7 @@ def _predict_batch(model, processor, batch, fmt, max_new_tokens, categories):
             "truncated": not gen.ended,
         }
         if row.get("objects") is not None:
-            record["truth"] = {"boxes": [o["bbox"] for o in row["objects"]], "labels": [o["category"] for o in row["objects"]]}
+            record["truth"] = _truth(row, crowd)
         yield record
 
 
@@ -219,8 +234,11 @@ def done_ids(path: str | os.PathLike) -> set:
 
 
 def predict_to_file(model, processor, dataset, path: str | os.PathLike, box_format: str = "qwen2", batch_size: int = 8,
-                    max_new_tokens: int = 512, categories=None, progress: bool = True) -> dict:
-    """Append predictions for the rows not yet in ``path``; returns counts (done before, written, truncated)."""
+                    max_new_tokens: int = 512, categories=None, progress: bool = True, crowd: Mapping[int, dict] | None = None) -> dict:
+    """Append predictions for the rows not yet in ``path``; returns counts (done before, written, truncated).
+
+    ``crowd``: the split's crowd regions for the records' truth (see :func:`predict`).
+    """
     import datasets
     from tqdm.auto import tqdm
 
@@ -232,7 +250,7 @@ def predict_to_file(model, processor, dataset, path: str | os.PathLike, box_form
     written = truncated = 0
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f, tqdm(total=len(todo), desc="predict", unit="img", disable=not progress) as bar:
-        for record in predict(model, processor, rows, box_format, batch_size, max_new_tokens, categories):
+        for record in predict(model, processor, rows, box_format, batch_size, max_new_tokens, categories, crowd):
             f.write(json.dumps(record) + "\n")
             f.flush()
             written += 1

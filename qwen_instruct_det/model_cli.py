@@ -35,7 +35,7 @@ def predict(args: PredictArguments) -> dict:
     A model trained by ``qid train`` is asked as it was trained and parsed with its saved format, budget and
     categories; a plain checkpoint is asked with its family's zero-shot prompt and parsed in its family's format.
     """
-    from .builder import category_names
+    from .builder import category_names, crowd_regions
     from .inference import default_max_new_tokens, done_ids, predict_to_file, with_prompt
     from .modeling import load_for_inference
 
@@ -58,8 +58,9 @@ def predict(args: PredictArguments) -> dict:
     if qc.detection_prompt:
         dataset = with_prompt(dataset, qc.detection_prompt, categories)
     budget = args.max_new_tokens or default_max_new_tokens(qc.max_answer_tokens)
+    crowd = crowd_regions(args.split, data_dir=args.data_dir) if args.data_dir else None  # scored as COCOeval does
     counts = predict_to_file(model, processor, dataset, args.out, box_format=qc.box_format, batch_size=args.batch_size,
-                             max_new_tokens=budget, categories=categories or None)
+                             max_new_tokens=budget, categories=categories or None, crowd=crowd)
     return {**counts, "max_new_tokens": budget, "out": args.out, "box_format": qc.box_format}
 
 

@@ -1,6 +1,6 @@
 """Drawing truth and predicted boxes on images, and grids of several images in one picture.
 
-Pillow only. Truth is drawn as thick white-edged green boxes, predictions in a colour per
+Pillow only. Truth is drawn as thick white-edged green boxes (crowd regions grey), predictions in a colour per
 class with their label and score; line width and font scale with the image so the
 drawing stays legible at COCO sizes. Nothing here reads model output; it takes
 detection dicts in pixels.
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .inference import PredictionRecord
 
 TRUTH_COLOUR = (40, 220, 90)
+CROWD_COLOUR = (150, 150, 150)  # crowd regions: in the truth, but no targets
 
 
 def class_colour(label: str) -> tuple[int, int, int]:
@@ -53,10 +54,11 @@ def draw_detections(image: Image.Image | str | os.PathLike, truth: dict | None =
     width = max(2, round(min(img.size) / 150))
     font = _font(max(12, round(min(img.size) / 28)))
     if truth:
-        for box in truth.get("boxes", []):
+        crowd = truth.get("iscrowd") or [False] * len(truth.get("boxes", []))
+        for box, is_crowd in zip(truth.get("boxes", []), crowd):
             xy = [v * scale for v in box]
             draw.rectangle(xy, outline=(255, 255, 255), width=width + 2)
-            draw.rectangle(xy, outline=TRUTH_COLOUR, width=width)
+            draw.rectangle(xy, outline=CROWD_COLOUR if is_crowd else TRUTH_COLOUR, width=width)
     if prediction:
         scores = prediction.get("scores") or [None] * len(prediction.get("boxes", []))
         for box, label, score in zip(prediction.get("boxes", []), prediction.get("labels", []), scores):

@@ -186,6 +186,21 @@ def test_none_region_keeps_off_the_categories_a_filter_leaves_out(shapes_dir, tm
     assert n >= 50
 
 
+@pytest.mark.parametrize("split, stem", [("train", "train"), ("validation", "val")])
+def test_crowd_regions_are_the_files_crowd_annotations(shapes_dir, split, stem):
+    """Rows leave crowd regions out (never targets); scoring reads them here, in the rows' frame."""
+    truth = _truth(shapes_dir, stem)
+    crowd = builder_module.crowd_regions(split, data_dir=str(shapes_dir))
+    expected = {image_id: t["crowd"] for image_id, t in truth.items() if t["crowd"]}
+    assert expected and set(crowd) == set(expected)
+    for image_id, regions in expected.items():
+        assert sorted(crowd[image_id]["labels"]) == sorted(name for _, name in regions)
+        assert np.allclose(sorted(crowd[image_id]["boxes"]), sorted(box for box, _ in regions), atol=1e-3)
+    circles = builder_module.crowd_regions(split, data_dir=str(shapes_dir), categories=["circle"])  # a filter keeps its own
+    assert all(set(c["labels"]) == {"circle"} for c in circles.values())
+    assert sum(len(c["labels"]) for c in circles.values()) == sum(name == "circle" for r in expected.values() for _, name in r)
+
+
 @pytest.mark.parametrize("name", ["full_region", "partial_region", "none_region"])
 def test_region_text_states_the_stored_region(built, name):
     for row in built[name]["train"]:

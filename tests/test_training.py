@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from qwen_instruct_det import hub, inference, modeling, tiny_model, training
+from qwen_instruct_det import evaluation, hub, inference, model_cli, modeling, tiny_model, training
 from qwen_instruct_det.matching import detection_scores
 from qwen_instruct_det.synthetic import SynthOptions, make_synthetic_coco
 
@@ -129,6 +129,33 @@ def test_predict_file_resumes(eight, memorised, tmp_path):
     assert (first["written"], second["skipped_done"], second["written"]) == (3, 3, 5)
     ids = [json.loads(line)["image_id"] for line in path.read_text().splitlines()]
     assert sorted(ids) == sorted(rows["image_id"])
+
+
+def test_crowd_regions_travel_with_the_truth_and_are_not_missed(eight, memorised, tmp_path):
+    """A crowd region is in a record's truth flagged iscrowd, so scoring treats it as COCOeval does (never a miss)."""
+    model, processor, *_ = memorised
+    rows = _detection_rows(eight)  # the images it memorised: every object found
+    first = rows[0]
+    region = {"boxes": [[0.0, 0.0, float(first["width"]), float(first["height"])]], "labels": [first["objects"][0]["category"]]}
+    path = tmp_path / "p.jsonl"
+    inference.predict_to_file(model, processor, rows, path, progress=False, crowd={first["image_id"]: region})
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    with_crowd = [r for r in records if r["image_id"] == first["image_id"]][0]
+    n = len(first["objects"])
+    assert with_crowd["truth"]["boxes"][n:] == region["boxes"] and with_crowd["truth"]["iscrowd"] == [False] * n + [True]
+    assert all("iscrowd" not in r["truth"] for r in records if r is not with_crowd)
+    scores = evaluation.evaluate_file(path)["det_iou50"]
+    assert scores["fn"] == 0 and scores["f1"] == 1.0  # the memorised model finds every object; the crowd box is no target
+
+
+def test_qid_predict_on_a_split_writes_its_crowd_regions(memorised, shapes_dir, tmp_path):
+    *_, out, _ = memorised
+    data = json.loads((shapes_dir / "annotations" / "instances_val2017.json").read_text())
+    crowded = {a["image_id"] for a in data["annotations"] if a["iscrowd"]}
+    path = tmp_path / "p.jsonl"
+    model_cli.predict(model_cli.PredictArguments(model=str(out), data_dir=str(shapes_dir), out=str(path), max_new_tokens=4))
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert crowded and {r["image_id"] for r in records if any(r["truth"].get("iscrowd", []))} == crowded
 
 
 def test_qid_config_travels_with_the_model(memorised):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from qwen_instruct_det.visualize import draw_detections
+from qwen_instruct_det.visualize import CROWD_COLOUR, TRUTH_COLOUR, draw_detections
 
 
 def test_boxes_are_drawn_on_the_displayed_frame(tmp_path):
@@ -18,3 +18,11 @@ def test_boxes_are_drawn_on_the_displayed_frame(tmp_path):
     assert picture.size == (100, 200)
     pixels = picture.load()
     assert pixels[10, 170] != (255, 255, 255)  # the box's left edge, in the displayed frame
+
+
+def test_crowd_regions_are_drawn_apart_from_the_targets():
+    image = Image.new("RGB", (200, 200), (255, 255, 255))
+    truth = {"boxes": [[10, 10, 90, 90], [110, 110, 190, 190]], "labels": ["cat", "cat"], "iscrowd": [False, True]}
+    pixels = draw_detections(image, truth=truth, min_side=200).load()
+    assert pixels[10, 50] == TRUTH_COLOUR
+    assert pixels[110, 150] == CROWD_COLOUR != TRUTH_COLOUR
