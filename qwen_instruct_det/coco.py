@@ -161,7 +161,7 @@ def _column(records: list, key: str, kind: str, path, label: str):
 
 def _numeric(values: list, dtype, path, label: str, key: str, records: list) -> np.ndarray:
     try:
-        return np.asarray(values, dtype=dtype)
+        out = np.asarray(values, dtype=dtype)
     except (TypeError, ValueError):
         for i, v in enumerate(values):
             try:
@@ -170,6 +170,13 @@ def _numeric(values: list, dtype, path, label: str, key: str, records: list) -> 
                 ident = records[i].get("id", "?")
                 raise _fail(path, f"{label} record #{i} (id {ident}) has {key}={v!r}", f"{key!r} must be a number.") from None
         raise
+    if out.dtype.kind in "iu":  # numpy truncates 1.5 to 1 without a word: an id must be a whole number
+        raw = np.asarray(values)
+        if raw.dtype.kind == "f" and (fractional := raw != np.floor(raw)).any():
+            i = int(np.flatnonzero(fractional)[0])
+            raise _fail(path, f"{label} record #{i} (id {records[i].get('id', '?')}) has {key}={values[i]!r}",
+                        f"{key!r} must be a whole number (an id, not a measure).")
+    return out
 
 
 def load_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike, check_files: bool = True) -> CocoIndex:
