@@ -29,7 +29,8 @@ import numpy as np
 from plots import save_panels
 
 METRICS = ("f1", "precision", "recall", "AP", "AP50", "duplicate_rate", "mean_answer_tokens")
-GRPO_LOGS = ("reward", "reward_std", "rewards/detection_f1/mean", "rewards/format/mean", "kl", "completions/mean_length",
+GRPO_LOGS = ("reward", "reward_std", *(f"rewards/detection_{k}/mean" for k in ("f1", "iou", "map_length")), "rewards/format/mean", "kl",
+             "completions/mean_length",
              "frac_reward_zero_std")
 
 
@@ -184,7 +185,7 @@ def plot(result: dict, path: Path) -> str:
         return save_panels([("held-out F1@50 vs training seconds", series_f1)], path)
     logs = result["grpo"]["runs"][0]["logs"]
     series_rewards = {k.split("/")[1] if "/" in k else k: _running_mean([(h["step"], h[k]) for h in logs if k in h])
-                      for k in ("rewards/detection_f1/mean", "rewards/format/mean", "reward_std")}
+                      for k in (f"rewards/detection_{result['arguments']['kind']}/mean", "rewards/format/mean", "reward_std")}
     series_kl = {"kl": _running_mean([(h["step"], h["kl"]) for h in logs if "kl" in h])}
     seed = result["grpo"]["runs"][0]["seed"]
     panels = [("held-out F1@50 vs training seconds", series_f1), (f"GRPO rewards, seed {seed} (mean of {SMOOTH} steps)", series_rewards),
@@ -252,7 +253,7 @@ def main() -> None:
                   f"({time.perf_counter() - t:.0f} s wall): F1@50 {f['f1']:.3f} P {f['precision']:.3f} R {f['recall']:.3f} "
                   f"AP {f['AP']:.3f} AP50 {f['AP50']:.3f} dup {f['duplicate_rate']:.3f} len {f['mean_answer_tokens']:.1f}", flush=True)
             if kind == "grpo":  # GRPO's own objective, on the training images: did it rise?
-                quarters = {k: by_quarter(run["logs"], k) for k in ("rewards/detection_f1/mean", "reward_std", "kl")}
+                quarters = {k: by_quarter(run["logs"], k) for k in (f"rewards/detection_{args.kind}/mean", "reward_std", "kl")}
                 run["quarters"] = quarters
                 print("  by quarter of steps: " + "; ".join(f"{k} " + " / ".join(f"{v:.3f}" for v in q) for k, q in quarters.items()), flush=True)
         result[kind] = {"runs": runs, "median_curve": median_curve(runs),

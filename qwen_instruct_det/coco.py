@@ -162,13 +162,13 @@ def _column(records: list, key: str, kind: str, path, label: str):
 def _numeric(values: list, dtype, path, label: str, key: str, records: list) -> np.ndarray:
     try:
         out = np.asarray(values, dtype=dtype)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         for i, v in enumerate(values):
             try:
                 np.asarray(v, dtype=dtype)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 ident = records[i].get("id", "?")
-                raise _fail(path, f"{label} record #{i} (id {ident}) has {key}={v!r}", f"{key!r} must be a number.") from None
+                raise _fail(path, f"{label} record #{i} (id {ident}) has {key}={v!r}", f"{key!r} must be a number" + (", a whole one that fits in 64 bits." if np.dtype(dtype).kind in "iu" else ".")) from None
         raise
     if out.dtype.kind in "iu":  # numpy truncates 1.5 to 1 without a word: an id must be a whole number
         raw = np.asarray(values)

@@ -87,6 +87,7 @@ _FILLER = {
     "qwen2": re.compile(rf"(?:\s|,|<\|box_start\|>|<\|box_end\|>|{_END_TOKENS})*"),
     "json": re.compile(rf"(?:\s|,|\[|\]|```(?:json)?|{_END_TOKENS})*"),
 }
+_MARKS = re.compile(rf"{_END_TOKENS}|```(?:json)?")  # what an answer may hold that says nothing
 _QWEN2_REF = re.compile(r"<\|object_ref_start\|>.*?<\|object_ref_end\|>", re.S)
 _QWEN2_MARK = re.compile(r"<\|object_ref_start\|>|<\|box_start\|>")
 
@@ -130,7 +131,7 @@ def _average_precision(hits: np.ndarray, n_truth: int) -> float:
 def _says_none(parsed: ParseResult, text: str) -> bool:
     """An answer with no boxes that says so: the "no objects" sentence or an empty JSON list, read whole (not silence, not
     babble, not a box cut off before it could be read)."""
-    return not parsed.labels and parsed.unparsed == 0 and parsed.dropped == 0 and bool(text.strip())
+    return not parsed.labels and parsed.unparsed == 0 and parsed.dropped == 0 and bool(_MARKS.sub("", text).strip())
 
 
 def _score(parsed: ParseResult, text: str, objects: list[dict], kind: str, iou_threshold: float) -> float:

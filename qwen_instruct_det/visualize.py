@@ -54,7 +54,8 @@ def draw_detections(image: Image.Image | str | os.PathLike, truth: dict | None =
     width = max(2, round(min(img.size) / 150))
     font = _font(max(12, round(min(img.size) / 28)))
     if truth:
-        crowd = truth.get("iscrowd") or [False] * len(truth.get("boxes", []))
+        crowd = truth.get("iscrowd")
+        crowd = [False] * len(truth.get("boxes", [])) if crowd is None else [bool(c) for c in crowd]
         for box, is_crowd in zip(truth.get("boxes", []), crowd):
             xy = [v * scale for v in box]
             draw.rectangle(xy, outline=(255, 255, 255), width=width + 2)

@@ -64,6 +64,7 @@ def test_malformed_json(tmp_path):
         # an id that is not a whole number was truncated: 1.5 silently became category 1
         (lambda d: d["annotations"][1].update(category_id=d["annotations"][1]["category_id"] + 0.5), r"annotation record #1 \(id \d+\) has category_id=\d+\.5.*whole number"),
         (lambda d: d["images"][2].update(id=d["images"][2]["id"] + 0.7), r"image record #2 \(id [\d.]+\) has id=[\d.]+.*whole number"),
+        (lambda d: d["annotations"][3].update(image_id=1e300), r"annotation record #3 \(id \d+\) has image_id=1e\+?300.*must be a number"),
         # merged exports list one file under two ids: each row would hold half its objects, the other half unmarked
         (lambda d: d["images"][4].update(file_name="./" + d["images"][2]["file_name"]),
          r"image ids \d+ and \d+ are both the file .*merge the two image records"),

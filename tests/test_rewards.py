@@ -78,7 +78,7 @@ def test_empty_truth_and_empty_answer(kind):
 def test_an_unreadable_answer_on_an_empty_image_scores_nothing(kind):
     """No boxes read is not the same as "no objects": babble, a cut-off box and silence say nothing (the reward paid 1.0)."""
     fn = rewards.detection_reward(kind=kind)
-    answers = ["I like turtles", "circle(100,100),(30", "", "  \n", "There are no objects."]
+    answers = ["I like turtles", "circle(100,100),(30", "", "  \n", "<|im_end|>", "<|endoftext|>", "```json\n```", "There are no objects."]
     assert _call(fn, answers, truth=[]) == [0.0] * len(answers)
     qwen3 = rewards.detection_reward("qwen3", kind=kind)
     assert _call(qwen3, ['[{"bbox_2d": [10, 20, 3', "[]", "```json\n[]\n```"], truth=[]) == [0.0, 1.0, 1.0]  # an empty list says none

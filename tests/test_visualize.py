@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from PIL import Image
 
 from qwen_instruct_det.visualize import CROWD_COLOUR, TRUTH_COLOUR, draw_detections
@@ -26,3 +27,5 @@ def test_crowd_regions_are_drawn_apart_from_the_targets():
     pixels = draw_detections(image, truth=truth, min_side=200).load()
     assert pixels[10, 50] == TRUTH_COLOUR
     assert pixels[110, 150] == CROWD_COLOUR != TRUTH_COLOUR
+    numpy_flags = draw_detections(image, truth=dict(truth, iscrowd=np.array([0, 1])), min_side=200).load()  # as the metric takes them
+    assert numpy_flags[110, 150] == CROWD_COLOUR
