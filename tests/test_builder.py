@@ -201,6 +201,26 @@ def test_crowd_regions_are_the_files_crowd_annotations(shapes_dir, split, stem):
     assert sum(len(c["labels"]) for c in circles.values()) == sum(name == "circle" for r in expected.values() for _, name in r)
 
 
+def test_crowd_regions_are_in_the_frame_of_the_rows(tmp_path):
+    """On photos stored turned (EXIF 6) the JSON's crowd boxes are on the stored pixels; the rows' boxes, and so the crowd
+    regions scored against them, are on the displayed picture."""
+    from qwen_instruct_det.synthetic import SynthOptions, make_synthetic_coco
+
+    opts = SynthOptions(min_size=96, max_size=128, crowd_fraction=0.5, exif_fraction=1.0, exif_orientations=(6,))
+    root = make_synthetic_coco(tmp_path / "turned", train=4, val=12, seed=2, options=opts)
+    data = json.loads((root / "annotations" / "instances_val2017.json").read_text())
+    sizes = {im["id"]: (im["width"], im["height"]) for im in data["images"]}
+    crowd = builder_module.crowd_regions("validation", data_dir=str(root))
+    stored = [a for a in data["annotations"] if a["iscrowd"]]
+    assert stored and sum(len(c["boxes"]) for c in crowd.values()) == len(stored)
+    for a in stored:
+        x, y, w, h = a["bbox"]
+        width, height = sizes[a["image_id"]]
+        shown = B.orient_boxes(np.array([[x, y, x + w, y + h]]), 6, width, height)[0].tolist()
+        assert any(np.allclose(shown, box, atol=1e-3) for box in crowd[a["image_id"]]["boxes"]), (a["image_id"], shown)
+        assert not np.allclose(shown, [x, y, x + w, y + h])  # turned: the two frames differ
+
+
 @pytest.mark.parametrize("name", ["full_region", "partial_region", "none_region"])
 def test_region_text_states_the_stored_region(built, name):
     for row in built[name]["train"]:

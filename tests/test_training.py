@@ -131,21 +131,28 @@ def test_predict_file_resumes(eight, memorised, tmp_path):
     assert sorted(ids) == sorted(rows["image_id"])
 
 
-def test_crowd_regions_travel_with_the_truth_and_are_not_missed(eight, memorised, tmp_path):
-    """A crowd region is in a record's truth flagged iscrowd, so scoring treats it as COCOeval does (never a miss)."""
+def test_a_prediction_on_a_crowd_region_is_ignored_not_a_false_positive(eight, memorised, tmp_path):
+    """The memorised model finds an object; made a crowd region (out of the targets), its box is neither hit nor miss."""
     model, processor, *_ = memorised
-    rows = _detection_rows(eight)  # the images it memorised: every object found
+    rows = [dict(r) for r in _detection_rows(eight)]  # the images it memorised: every object found
     first = rows[0]
-    region = {"boxes": [[0.0, 0.0, float(first["width"]), float(first["height"])]], "labels": [first["objects"][0]["category"]]}
-    path = tmp_path / "p.jsonl"
-    inference.predict_to_file(model, processor, rows, path, progress=False, crowd={first["image_id"]: region})
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    with_crowd = [r for r in records if r["image_id"] == first["image_id"]][0]
+    hidden, first["objects"] = first["objects"][0], first["objects"][1:]
+    region = {"boxes": [hidden["bbox"]], "labels": [hidden["category"]]}
+    scores = {}
+    for name, crowd in (("with", {first["image_id"]: region}), ("without", None)):
+        path = tmp_path / f"{name}.jsonl"
+        with open(path, "w") as f:
+            for record in inference.predict(model, processor, rows, crowd=crowd):
+                f.write(json.dumps(record) + "\n")
+        scores[name] = evaluation.evaluate_file(path)
+    record = json.loads((tmp_path / "with.jsonl").read_text().splitlines()[0])
     n = len(first["objects"])
-    assert with_crowd["truth"]["boxes"][n:] == region["boxes"] and with_crowd["truth"]["iscrowd"] == [False] * n + [True]
-    assert all("iscrowd" not in r["truth"] for r in records if r is not with_crowd)
-    scores = evaluation.evaluate_file(path)["det_iou50"]
-    assert scores["fn"] == 0 and scores["f1"] == 1.0  # the memorised model finds every object; the crowd box is no target
+    assert record["truth"]["boxes"][n:] == region["boxes"] and record["truth"]["iscrowd"] == [False] * n + [True]
+    assert all("iscrowd" not in json.loads(line)["truth"] for line in (tmp_path / "with.jsonl").read_text().splitlines()[1:])
+    with_crowd, without = scores["with"]["det_iou50"], scores["without"]["det_iou50"]
+    assert (with_crowd["fp"], with_crowd["ignored"], with_crowd["fn"], with_crowd["f1"]) == (0, 1, 0, 1.0)
+    assert (without["fp"], without["ignored"]) == (1, 0)  # what scoring without the crowd region said
+    assert scores["with"]["coco_map"]["AP50"] > scores["without"]["coco_map"]["AP50"]
 
 
 def test_qid_predict_on_a_split_writes_its_crowd_regions(memorised, shapes_dir, tmp_path):
