@@ -3,6 +3,7 @@
     python benchmarks/rl_learning.py --seeds 0 1 2             # the full comparison (the demo's SFT model first, if absent)
     python benchmarks/rl_learning.py --smoke                   # a small demo and a few seconds of each: checks the script
     python benchmarks/rl_learning.py --arms grpo --grpo-lr 1e-5  # one arm only: a diagnosis of GRPO's own settings
+    python benchmarks/rl_learning.py --arms grpo --trivial-reward  # does GRPO raise a reward it surely can (the wiring)?
 
 Starts from ``--demo-out``/model (``qid demo`` writes it; run with the demo's defaults when it
 is missing) and continues it (a) with GRPO (``qwen_instruct_det.grpo``, detection + format
@@ -106,6 +107,13 @@ def _common(out: Path, lr: float, seed: int) -> dict:
                 dataloader_num_workers=0, disable_tqdm=True)
 
 
+def shorter_answers(prompts, completions, **columns) -> list[float]:
+    """A reward any working GRPO set-up raises at once (1 - characters / 200): a check that the policy gradient reaches the model."""
+    from qwen_instruct_det.rewards import completion_text
+
+    return [max(0.0, 1.0 - len(completion_text(c)) / 200) for c in completions]
+
+
 def run_grpo(start: Path, data_dir: Path, args, seed: int, out: Path):
     from trl import GRPOConfig, ModelConfig
 
@@ -120,7 +128,7 @@ def run_grpo(start: Path, data_dir: Path, args, seed: int, out: Path):
     grpo_args = grpo.GrpoArguments(data_dir=str(data_dir), build_seed=seed, detection_kind=args.kind, freeze_vision=False,
                                    freeze_merger=False)
     trainer, _, _ = grpo.make_trainer(grpo_args, ModelConfig(model_name_or_path=str(start), use_peft=False), config,
-                                   cache_dir=str(out.parent / "hf_cache"))
+                                   cache_dir=str(out.parent / "hf_cache"), reward_funcs=[shorter_answers] if args.trivial_reward else None)
     return trainer
 
 
@@ -185,7 +193,8 @@ def plot(result: dict, path: Path) -> str:
         return save_panels([("held-out F1@50 vs training seconds", series_f1)], path)
     logs = result["grpo"]["runs"][0]["logs"]
     series_rewards = {k.split("/")[1] if "/" in k else k: _running_mean([(h["step"], h[k]) for h in logs if k in h])
-                      for k in (f"rewards/detection_{result['arguments']['kind']}/mean", "rewards/format/mean", "reward_std")}
+                      for k in ("reward", f"rewards/detection_{result['arguments']['kind']}/mean", "rewards/format/mean", "reward_std")}
+    series_rewards = {k: v for k, v in series_rewards.items() if v}  # a reward of another run (--trivial-reward) logs only "reward"
     series_kl = {"kl": _running_mean([(h["step"], h["kl"]) for h in logs if "kl" in h])}
     seed = result["grpo"]["runs"][0]["seed"]
     panels = [("held-out F1@50 vs training seconds", series_f1), (f"GRPO rewards, seed {seed} (mean of {SMOOTH} steps)", series_rewards),
@@ -210,6 +219,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON to write (default: DEMO_OUT/rl_learning.json); the PNG goes next to it.")
     parser.add_argument("--arms", nargs="+", default=["grpo", "sft"], choices=("grpo", "sft"),
                         help="Continuations to run (both by default; one alone for a diagnosis of its settings).")
+    parser.add_argument("--trivial-reward", action="store_true",
+                        help="GRPO on a reward it can surely raise (shorter answers) instead of detection + format: checks the wiring.")
     parser.add_argument("--smoke", action="store_true", help="A small demo, one seed, a few seconds of each: checks the script runs.")
     args = parser.parse_args()
 
@@ -253,7 +264,8 @@ def main() -> None:
                   f"({time.perf_counter() - t:.0f} s wall): F1@50 {f['f1']:.3f} P {f['precision']:.3f} R {f['recall']:.3f} "
                   f"AP {f['AP']:.3f} AP50 {f['AP50']:.3f} dup {f['duplicate_rate']:.3f} len {f['mean_answer_tokens']:.1f}", flush=True)
             if kind == "grpo":  # GRPO's own objective, on the training images: did it rise?
-                quarters = {k: by_quarter(run["logs"], k) for k in (f"rewards/detection_{args.kind}/mean", "reward_std", "kl")}
+                reward = "reward" if args.trivial_reward else f"rewards/detection_{args.kind}/mean"
+                quarters = {k: by_quarter(run["logs"], k) for k in (reward, "reward_std", "kl", "completions/mean_length")}
                 run["quarters"] = quarters
                 print("  by quarter of steps: " + "; ".join(f"{k} " + " / ".join(f"{v:.3f}" for v in q) for k, q in quarters.items()), flush=True)
         result[kind] = {"runs": runs, "median_curve": median_curve(runs),

@@ -142,8 +142,11 @@ def detection_rows(args: GrpoArguments, qc: QidModelConfig, split: str, cache_di
     return decode_named(rows.select_columns(["images", "prompt", "completion", "objects", "width", "height"]))  # broken files named
 
 
-def make_trainer(args: GrpoArguments, model_args, grpo_config, cache_dir: str | None = None):
-    """A ``GRPOTrainer`` ready to train, and the :class:`QidModelConfig` that travels with its output."""
+def make_trainer(args: GrpoArguments, model_args, grpo_config, cache_dir: str | None = None, reward_funcs: list | None = None):
+    """A ``GRPOTrainer`` ready to train, and the :class:`QidModelConfig` that travels with its output.
+
+    ``reward_funcs`` (TRL reward functions) replace the ones ``args.rewards`` names, for a reward of your own.
+    """
     from peft import PeftModel
     from trl import GRPOTrainer, get_peft_config
 
@@ -166,7 +169,7 @@ def make_trainer(args: GrpoArguments, model_args, grpo_config, cache_dir: str | 
         set_lora_targets(peft_config, model, args.trainable_parts(), model_args)
     else:
         set_trainable_parts(model, args.trainable_parts())
-    reward_funcs = make_rewards(args, qc, processor, end_token_ids(model, processor.tokenizer))
+    reward_funcs = reward_funcs or make_rewards(args, qc, processor, end_token_ids(model, processor.tokenizer))
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=grpo_config, train_dataset=train, eval_dataset=evaluation,
                           processing_class=processor, peft_config=peft_config)
     summary = trainable_summary(trainer.model)

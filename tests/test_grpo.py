@@ -131,6 +131,21 @@ def test_qid_grpo_trains_an_adapter_further(sft_folder, grpo_adapter, tmp_path, 
     assert modeling.QidModelConfig.load(out).categories == ["circle"]
 
 
+def test_a_reward_of_your_own_replaces_the_named_ones(sft_folder):
+    root, sft = sft_folder
+    seen = []
+
+    def boxes_named(prompts, completions, objects, **columns):  # TRL passes the row's columns, as to the library's rewards
+        seen.append(len(objects))
+        return [float(len(o)) for o in objects]
+
+    args, model_args, config = grpo.make_parser().parse_args_and_config(args=_flags(root / "data", sft, root / "own", 1))
+    trainer, _, stats = grpo.make_trainer(args, model_args, config, cache_dir=str(root / "cache"), reward_funcs=[boxes_named])
+    trainer.train()
+    assert stats["grpo_rewards"] == ["boxes_named"] and seen == [4]
+    assert [h for h in trainer.state.log_history if "rewards/boxes_named/mean" in h]
+
+
 def test_unknown_reward_names_the_choices(sft_folder):
     root, sft = sft_folder
     args, model_args, config = grpo.make_parser().parse_args_and_config(args=_flags(root / "data", sft, root / "x", 1, "--rewards", "accuracy"))
