@@ -168,7 +168,8 @@ def _numeric(values: list, dtype, path, label: str, key: str, records: list) -> 
                 np.asarray(v, dtype=dtype)
             except (TypeError, ValueError, OverflowError):
                 ident = records[i].get("id", "?")
-                raise _fail(path, f"{label} record #{i} (id {ident}) has {key}={v!r}", f"{key!r} must be a number" + (", a whole one that fits in 64 bits." if np.dtype(dtype).kind in "iu" else ".")) from None
+                whole = ", a whole one that fits in 64 bits" if np.dtype(dtype).kind in "iu" else ""
+                raise _fail(path, f"{label} record #{i} (id {ident}) has {key}={v!r}", f"{key!r} must be a number{whole}.") from None
         raise
     if out.dtype.kind in "iu":  # numpy truncates 1.5 to 1 without a word: an id must be a whole number
         raw = np.asarray(values)
