@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,6 +226,7 @@ def load_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike, 
     cat_order = np.argsort(cat_ids, kind="stable")
     cat_ids = cat_ids[cat_order]
     cat_names = [cat_names[i] for i in cat_order]
+    cat_parents = [str(cats[i].get("supercategory")) for i in cat_order]
     if len(np.unique(cat_ids)) != len(cat_ids):
         raise _fail(path, "a category id appears twice", "Category ids must be unique.")
     _check_category_names(cat_names, path)
@@ -260,7 +262,14 @@ def load_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike, 
         i = int(np.flatnonzero(~np.all(np.isfinite(xywh), axis=1))[0])
         raise _fail(path, f"annotation record #{i} (id {ann_ident[i]}) has a non-finite bbox", "Fix or remove it.")
 
+    cat_ids, cat_names, cpos, placeholders = _drop_placeholder(cat_ids, cat_names, cat_parents, cpos)
+    if placeholders:
+        logger.info("%s: category %s left out: no annotation uses it and it is the supercategory of every other category "
+                    "(an export's name for the data set, as Roboflow writes it)", path, placeholders)
+
     xyxy, keep, skipped = _clip_boxes(xywh, widths[ann_image], heights[ann_image], crowd, path)
+    if placeholders:
+        skipped["placeholder_categories"] = len(placeholders)
     ann_image, cpos, xyxy, crowd = ann_image[keep], cpos[keep], xyxy[keep], crowd[keep]
 
     by_image = np.argsort(ann_image, kind="stable")
@@ -285,6 +294,20 @@ def load_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike, 
     if check_files:
         check_image_files(index)
     return index
+
+
+def _drop_placeholder(cat_ids: np.ndarray, cat_names: list[str], parents: list[str], cpos: np.ndarray):
+    """Leave out a category that no annotation uses and that is the supercategory of every other one: Roboflow's exports
+    list the data set itself that way (id 0). Kept, it would be a class in prompts and models that no box ever has."""
+    used = np.bincount(cpos, minlength=len(cat_ids)) > 0
+    children = Counter(parents)  # category name -> how many categories name it as their supercategory
+    n = len(cat_names)
+    drop = [k for k, name in enumerate(cat_names) if not used[k] and n > 1 and children[name] - (parents[k] == name) == n - 1]
+    if not drop:
+        return cat_ids, cat_names, cpos, []
+    keep = np.ones(len(cat_ids), dtype=bool)
+    keep[drop] = False
+    return cat_ids[keep], [n for n, k in zip(cat_names, keep) if k], (np.cumsum(keep) - 1)[cpos], [cat_names[k] for k in drop]
 
 
 def read_json(path: str | os.PathLike):

@@ -177,3 +177,35 @@ def test_category_names_keep_their_own_spelling(copy):
         cat["name"] = name
     index = load_coco(_write(ann, data), images)
     assert index.category_names == spelled
+
+
+def _roboflow(copy):
+    """The copy as Roboflow exports: category 0 is the data set itself, never used, and every class's supercategory."""
+    ann, images, data = copy
+    data = json.loads(json.dumps(data))  # each call a fresh copy
+    for c in data["categories"]:
+        c["supercategory"] = "shapes-dataset"
+    data["categories"].insert(0, {"id": 0, "name": "shapes-dataset", "supercategory": "none"})
+    return ann, images, data
+
+
+def test_a_roboflow_placeholder_category_is_dropped_and_counted(copy):
+    ann, images, data = _roboflow(copy)
+    index = load_coco(_write(ann, data), images)
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    assert index.category_names == [names[i] for i in sorted(names) if i != 0]  # not in prompts, not a class of the model
+    assert index.skipped["placeholder_categories"] == 1
+    first = data["annotations"][0]
+    i = int(np.flatnonzero(index.image_ids == first["image_id"])[0])
+    own = index.ann_category[index.ann_start[i] : index.ann_start[i + 1]]
+    assert names[first["category_id"]] in [index.category_names[k] for k in own]  # the classes still line up
+
+
+def test_a_used_or_partial_supercategory_stays_a_category(copy):
+    ann, images, data = _roboflow(copy)
+    data["annotations"][0]["category_id"] = 0  # used: a real class
+    assert "shapes-dataset" in load_coco(_write(ann, data), images).category_names
+    ann, images, data = _roboflow(copy)
+    data["categories"][1]["supercategory"] = "other"  # not every class's parent: not the export's placeholder
+    index = load_coco(_write(ann, data), images)
+    assert "shapes-dataset" in index.category_names and "placeholder_categories" not in index.skipped
