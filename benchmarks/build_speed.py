@@ -90,13 +90,26 @@ import json, time, tempfile
 import datasets
 import qwen_instruct_det
 from qwen_instruct_det.builder import build_configs
+from qwen_instruct_det.images import decode_named, undecoded
 datasets.disable_progress_bars()
 with tempfile.TemporaryDirectory() as cache:
     t = time.perf_counter()
     builders = build_configs("all", cache_dir=cache, data_dir={str(root)!r}, check_files={check_files})
     total = time.perf_counter() - t
+    # what training adds once per data set: the images cast to undecoded, the mixture interleaved (training.build_mixture)
+    columns = ["images", "prompt", "completion", "task", "width", "height"]
+    parts = [b.as_dataset(split="train").select_columns(columns) for b in builders.values()]
+    t = time.perf_counter()
+    parts = [undecoded(p) for p in parts]
+    cast = time.perf_counter() - t
+    t = time.perf_counter()
+    mixed = decode_named(datasets.interleave_datasets(parts, probabilities=[0.5, 0.125, 0.125, 0.125, 0.125], seed=0,
+                                                      stopping_strategy="all_exhausted"))
+    interleave = time.perf_counter() - t
+    mixed_rows = len(mixed)
 out = {{name: {{"rows": sum(s.num_examples for s in b.info.splits.values()), "seconds": b.seconds}} for name, b in builders.items()}}
-print(json.dumps({{"total": total, "configs": out}}))
+print(json.dumps({{"total": total, "configs": out, "cast": cast, "interleave": interleave, "mixed_rows": mixed_rows,
+                   "train_rows": sum(len(p) for p in parts)}}))
 """
 
 
@@ -132,7 +145,8 @@ from qwen_instruct_det.images import read_headers
 paths = [os.path.join({str(root)!r}, s, f) for s in ("train2017", "val2017") for f in os.listdir(os.path.join({str(root)!r}, s))]
 t = time.perf_counter(); read_headers(paths, progress=False); print(json.dumps({{"seconds": time.perf_counter() - t, "images": len(paths)}}))
 """
-    runs: dict[str, list] = {"load": [], "json": [], "orjson": [], "headers": [], "off": [], "on": [], "peak_off": [], "peak_on": []}
+    runs: dict[str, list] = {"load": [], "json": [], "orjson": [], "headers": [], "off": [], "on": [], "peak_off": [], "peak_on": [],
+                             "cast": [], "interleave": []}
     per_config = []
     for r in range(args.repeats):
         _, load = _child(load_code)
@@ -141,11 +155,13 @@ t = time.perf_counter(); read_headers(paths, progress=False); print(json.dumps({
         peak_off, off = _child(_build_code(root, check_files=False))
         peak_on, on = _child(_build_code(root, check_files=True))
         for key, value in (("load", load["seconds"]), ("json", parse["json"]), ("orjson", parse["orjson"]), ("headers", headers["seconds"]),
-                           ("off", off["total"]), ("on", on["total"]), ("peak_off", peak_off), ("peak_on", peak_on)):
+                           ("off", off["total"]), ("on", on["total"]), ("peak_off", peak_off), ("peak_on", peak_on),
+                           ("cast", on["cast"]), ("interleave", on["interleave"])):
             runs[key].append(value)
         per_config.append(on["configs"])
         print(f"run {r + 1}: load {load['seconds']:.2f}s, json {parse['json']:.2f}s, orjson {parse['orjson'] or float('nan'):.2f}s, "
-              f"headers {headers['seconds']:.2f}s ({headers['images']} images), build off {off['total']:.2f}s, on {on['total']:.2f}s", flush=True)
+              f"headers {headers['seconds']:.2f}s ({headers['images']} images), build off {off['total']:.2f}s, on {on['total']:.2f}s, "
+              f"mixture cast {on['cast']:.2f}s + interleave {on['interleave']:.2f}s", flush=True)
 
     med = {k: statistics.median(v) for k, v in runs.items() if v and None not in v}
     print(f"\nCOCO 2017 layout: {args.images} train + val images; medians of {args.repeats} runs on {os.cpu_count()} cores")
@@ -156,6 +172,8 @@ t = time.perf_counter(); read_headers(paths, progress=False); print(json.dumps({
           f"peak {max(runs['peak_off']):.2f} GiB")
     print(f"build all five, headers read        {med['on']:8.2f} s = {med['on'] / med['load']:.2f}x the load (goal <= 5x), "
           f"peak {max(runs['peak_on']):.2f} GiB (goal < 4 GiB)")
+    print(f"training's mixture, once per data set: images cast to undecoded {med['cast']:.2f} s ({on['train_rows']} train rows of the "
+          f"five), interleaved {med['interleave']:.2f} s ({on['mixed_rows']} rows, detection 0.5 + 0.125 each)")
     print(f"{'config':<16}{'rows':>10}{'seconds':>10}{'rows/s':>12}   (headers read; the first config also loads the files)")
     for name in per_config[0]:
         rows = per_config[0][name]["rows"]
