@@ -307,7 +307,7 @@ def _drop_placeholder(cat_ids: np.ndarray, cat_names: list[str], parents: list[s
         return cat_ids, cat_names, cpos, []
     keep = np.ones(len(cat_ids), dtype=bool)
     keep[drop] = False
-    return cat_ids[keep], [n for n, k in zip(cat_names, keep) if k], (np.cumsum(keep) - 1)[cpos], [cat_names[k] for k in drop]
+    return cat_ids[keep], [name for name, k in zip(cat_names, keep) if k], (np.cumsum(keep) - 1)[cpos], [cat_names[k] for k in drop]
 
 
 def read_json(path: str | os.PathLike):
