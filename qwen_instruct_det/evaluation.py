@@ -40,7 +40,9 @@ def coco_map(predictions: Sequence[Detections], references: Sequence[Detections]
     labels are compared in the same canonical form (``normalize_label``). ``categories`` fixes
     the label order (the data set's category-id order); COCOeval averages over categories in
     that order, so passing it reproduces pycocotools' numbers on the original file to the last
-    digit. Labels outside it are appended in sorted order.
+    digit. Labels outside it are appended in sorted order. With no prediction, or nothing to
+    find (no truth, or crowd regions only), every number is 0.0 (COCOeval itself says -1 for the
+    latter); a size range with no truth keeps COCOeval's -1.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -71,7 +73,7 @@ def coco_map(predictions: Sequence[Detections], references: Sequence[Detections]
                        "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": float(score)})
     if len({im["id"] for im in images}) != len(images):
         raise ValueError("references carry repeated image_id values; give each image its own id (or none).")
-    if not dt or not gt:
+    if not dt or all(g["iscrowd"] for g in gt):  # nothing predicted, or nothing to find (crowd regions are no targets)
         return dict.fromkeys(COCO_STATS, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):
         ground = COCO()

@@ -82,6 +82,14 @@ def test_coco_map_scores_rank_detections():
     assert coco_map([{"boxes": [], "labels": []}], ref)["AP"] == 0.0
 
 
+def test_coco_map_with_nothing_to_find_is_zero_however_it_comes():
+    """No truth at all, or only crowd regions: nothing to find either way (COCOeval says -1 for the second: undefined)."""
+    pred = [{"boxes": [[0, 0, 10, 10]], "labels": ["a"]}]
+    no_truth = coco_map(pred, [{"boxes": [], "labels": []}])
+    only_crowd = coco_map(pred, [{"boxes": [[50, 50, 60, 60]], "labels": ["a"], "iscrowd": [1]}])
+    assert no_truth == only_crowd == dict.fromkeys(no_truth, 0.0)
+
+
 def test_coco_map_compares_labels_canonically_and_keeps_the_category_order(shapes_dir):
     _, _, predictions, references = _gt_and_detections(shapes_dir)
     names = [c["name"] for c in sorted(json.loads((shapes_dir / "annotations" / "instances_train2017.json").read_text())["categories"],
