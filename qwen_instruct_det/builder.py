@@ -195,11 +195,7 @@ def crowd_regions(split: str, **config_kwargs) -> dict[int, dict]:
     Rows never hold them (crowd regions are no targets), but scoring needs them: as in COCOeval,
     a prediction on a crowd region of its class is ignored, not a false positive.
     """
-    builder = QwenInstructDet(config_name="detection", **config_kwargs)
-    files = builder._split_files()
-    if split not in files:
-        raise ValueError(f"{config_kwargs.get('data_dir') or config_kwargs.get('annotation_files')} has no split {split!r}; it has {list(files)}.")
-    index = prepare_index(*files[split], builder.config)
+    index = _split_index(split, **config_kwargs)
     out: dict[int, dict] = {}
     for k in np.flatnonzero(index.ann_crowd).tolist():
         entry = out.setdefault(int(index.image_ids[index.ann_image[k]]), {"boxes": [], "labels": []})
@@ -213,11 +209,16 @@ def category_names(split: str, **config_kwargs) -> list[str]:
 
     Loading them checks the split's annotation file and images, so callers that load a model can check the data first.
     """
+    return list(_split_index(split, **config_kwargs).category_names)
+
+
+def _split_index(split: str, **config_kwargs) -> coco.CocoIndex:
+    """One split's index as the builder reads it (loaded once per process and content, checked, filtered)."""
     builder = QwenInstructDet(config_name="detection", **config_kwargs)
     files = builder._split_files()
     if split not in files:
         raise ValueError(f"{config_kwargs.get('data_dir') or config_kwargs.get('annotation_files')} has no split {split!r}; it has {list(files)}.")
-    return list(prepare_index(*files[split], builder.config).category_names)
+    return prepare_index(*files[split], builder.config)
 
 
 def config_names(config: str | list[str]) -> list[str]:

@@ -106,8 +106,9 @@ class CocoIndex:
         ann_keep = wanted[self.ann_category]
         all_images = np.arange(self.num_images)
         kept = self._replace(all_images, all_images, ann_keep)
-        order = np.argsort(np.concatenate([self.other_image, self.ann_image[~ann_keep]]), kind="stable")
-        kept.other_image = np.concatenate([self.other_image, self.ann_image[~ann_keep]])[order]
+        other_image = np.concatenate([self.other_image, self.ann_image[~ann_keep]])
+        order = np.argsort(other_image, kind="stable")
+        kept.other_image = other_image[order]
         kept.other_xyxy = np.concatenate([self.other_xyxy, self.ann_xyxy[~ann_keep]])[order]
         return kept
 

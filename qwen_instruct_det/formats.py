@@ -184,10 +184,21 @@ _NO_OBJECTS_HEAD, _NO_OBJECTS_TAIL = (" ".join(part.lower().split()) for part in
 _MAX_DATASET_NAME = 100
 
 
+def _empty_core(text: str) -> str:
+    """The answer without end-of-turn tokens and code fences, its spaces collapsed, lower case."""
+    words = " ".join(_END_OF_TURN_RE.sub(" ", text).split()).lower()
+    return words.removeprefix("```json").removeprefix("```").removesuffix("```").strip()
+
+
+def says_no_objects(text: str) -> bool:
+    """Whether an answer says there is nothing to find (an empty list or the NO_OBJECTS sentence), as opposed to saying
+    nothing at all (empty text, only end tokens or fences) or something else."""
+    return bool(_empty_core(text)) and _is_clean_empty(text)
+
+
 def _is_clean_empty(text: str) -> bool:
     """Empty text, an empty list (fences allowed) or the NO_OBJECTS sentence with any data set name."""
-    words = " ".join(_END_OF_TURN_RE.sub(" ", text).split()).lower()
-    core = words.removeprefix("```json").removeprefix("```").removesuffix("```").strip()
+    core = _empty_core(text)
     if core.replace(" ", "") in ("", "[]"):
         return True
     core = core.rstrip(". ")

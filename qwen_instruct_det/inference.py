@@ -24,7 +24,7 @@ from typing import TypedDict
 import numpy as np
 
 from .formats import get_box_format
-from .matching import Detections
+from .matching import Detections, objects_as_detections
 from .modeling import resized_size
 from .tasks import JSON_DETECTION_PROMPT
 
@@ -159,7 +159,7 @@ def _open(image):
 
 
 def _truth(row: dict, crowd: Mapping[int, dict] | None) -> dict:
-    truth = {"boxes": [o["bbox"] for o in row["objects"]], "labels": [o["category"] for o in row["objects"]]}
+    truth = objects_as_detections(row["objects"])
     regions = (crowd or {}).get(row.get("image_id"))
     if regions and regions["boxes"]:
         truth["iscrowd"] = [False] * len(truth["boxes"]) + [True] * len(regions["boxes"])
@@ -242,11 +242,13 @@ def predict_to_file(model, processor, dataset, path: str | os.PathLike, box_form
     import datasets
     from tqdm.auto import tqdm
 
+    from .images import undecoded
+
     before = done_ids(path)
     todo = [i for i, image_id in enumerate(dataset["image_id"]) if image_id not in before]
     rows = dataset.select(todo)
     if isinstance(rows.features.get("images"), datasets.List):  # decode here, so that a bad file is named
-        rows = rows.cast_column("images", datasets.List(datasets.Image(decode=False)))
+        rows = undecoded(rows)
     written = truncated = 0
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f, tqdm(total=len(todo), desc="predict", unit="img", disable=not progress) as bar:

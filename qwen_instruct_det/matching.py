@@ -64,6 +64,11 @@ class Detections(_DetectionsRequired, total=False):
     iscrowd: Sequence[bool]
 
 
+def objects_as_detections(objects: Sequence[Mapping]) -> Detections:
+    """A data set row's ``objects`` (``{bbox, category}`` each) as the detections the metric and the rewards score."""
+    return {"boxes": [o["bbox"] for o in objects], "labels": [o["category"] for o in objects]}
+
+
 def check_options(iou_threshold: float, matching: str) -> None:
     """Raise ValueError unless ``iou_threshold`` is in (0, 1] and ``matching`` is a known procedure."""
     if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, numbers.Real) or not 0 < iou_threshold <= 1:

@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .boxes import smart_resize
-from .formats import NO_OBJECTS, ParseResult, get_box_format
-from .matching import match
+from .formats import _END_OF_TURN_RE, NO_OBJECTS, ParseResult, get_box_format, says_no_objects
+from .matching import match, objects_as_detections
 
 KINDS = ("f1", "iou", "map_length")
 
@@ -81,13 +81,12 @@ class _Reader:
         return results
 
 
-_END_TOKENS = r"<\|im_end\|>|<\|endoftext\|>"
+_END_TOKENS = _END_OF_TURN_RE.pattern  # the parser's own end-of-turn tokens
 # What a complete answer may hold outside its boxes (and, in qwen2 text, their labels): separators, the format's own marks.
 _FILLER = {
     "qwen2": re.compile(rf"(?:\s|,|<\|box_start\|>|<\|box_end\|>|{_END_TOKENS})*"),
     "json": re.compile(rf"(?:\s|,|\[|\]|```(?:json)?|{_END_TOKENS})*"),
 }
-_MARKS = re.compile(rf"{_END_TOKENS}|```(?:json)?")  # what an answer may hold that says nothing
 _QWEN2_REF = re.compile(r"<\|object_ref_start\|>.*?<\|object_ref_end\|>", re.S)
 _QWEN2_MARK = re.compile(r"<\|object_ref_start\|>|<\|box_start\|>")
 
@@ -116,10 +115,6 @@ def _has_prose(text: str, spans: list[tuple[int, int]], box_format: str) -> bool
     return not all(_FILLER["qwen2"].fullmatch(_QWEN2_REF.sub("", gap)) for gap in gaps[:-1])
 
 
-def _truth(objects: list[dict]) -> dict:
-    return {"boxes": [o["bbox"] for o in objects], "labels": [o["category"] for o in objects]}
-
-
 def _average_precision(hits: np.ndarray, n_truth: int) -> float:
     """All-point interpolated AP of one ranked list of hits (True = a true positive) against ``n_truth`` boxes."""
     tp = np.cumsum(hits)
@@ -128,19 +123,13 @@ def _average_precision(hits: np.ndarray, n_truth: int) -> float:
     return float(envelope[hits].sum() / n_truth)
 
 
-def _says_none(parsed: ParseResult, text: str) -> bool:
-    """An answer with no boxes that says so: the "no objects" sentence or an empty JSON list, read whole (not silence, not
-    babble, not a box cut off before it could be read)."""
-    return not parsed.labels and parsed.unparsed == 0 and parsed.dropped == 0 and bool(_MARKS.sub("", text).strip())
-
-
 def _score(parsed: ParseResult, text: str, objects: list[dict], kind: str, iou_threshold: float) -> float:
     n_pred, n_truth = len(parsed.labels), len(objects)
     if n_truth == 0:
-        return 1.0 if _says_none(parsed, text) else 0.0
+        return 1.0 if says_no_objects(text) else 0.0  # not silence, babble or a box cut off before it could be read
     if n_pred == 0:
         return 0.0
-    result = match([{"boxes": parsed.boxes, "labels": parsed.labels}], [_truth(objects)], iou_threshold)
+    result = match([{"boxes": parsed.boxes, "labels": parsed.labels}], [objects_as_detections(objects)], iou_threshold)
     tp = int(result.pred_matched.sum())
     if kind == "f1":
         return 2.0 * tp / (n_pred + n_truth)
