@@ -19,6 +19,7 @@ import ast
 import functools
 import hashlib
 import importlib
+import importlib.util
 import warnings
 from pathlib import Path
 
@@ -26,30 +27,54 @@ NAME = "qwen_instruct_det"
 MODULE = "qwen_instruct_det.builder"
 SUPPORTED_DATASETS_MAJOR = (5,)
 _PACKAGE = Path(__file__).parent
+BUILDER_FILE = "builder.py"
 
 
-def builder_sources() -> list[Path]:
-    """The package's source files that the builder imports, directly or through each other (sorted)."""
+def builder_sources(root: Path = _PACKAGE, entry: str = BUILDER_FILE) -> list[Path]:
+    """The package's source files that ``entry`` imports, directly or through each other, at any depth (sorted).
+
+    Every import of a module of the package counts: relative at any level (``from ..formats import x``), absolute
+    (``import qwen_instruct_det.data.coco``) and inside functions; a sub-package's ``__init__.py`` counts as it runs
+    on import. The package's own ``__init__.py`` (the public names) is left out: it makes no rows.
+    """
+    package = root.name
     seen: set[Path] = set()
-    todo = [_PACKAGE / "builder.py"]
+    todo = [root / entry]
     while todo:
         path = todo.pop()
-        if path in seen:
+        if path in seen or not path.is_file():
             continue
         seen.add(path)
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        here = ".".join([package] + (parts[:-1] if parts[-1] == "__init__" else parts[:-1]))  # the package the file is in
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                names = [node.module] if node.module else [alias.name for alias in node.names]
-                todo += [p for p in (_PACKAGE / f"{n.split('.')[0]}.py" for n in names) if p.is_file()]
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom):
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), here) if node.level else node.module or ""
+                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            for name in names:
+                todo += _module_files(root, name)
     return sorted(seen)
 
 
+def _module_files(root: Path, name: str) -> list[Path]:
+    """The files that importing ``name`` runs, when it is a module of the package at ``root`` (its parents' __init__ too)."""
+    parts = name.split(".")
+    if parts[0] != root.name:
+        return []
+    files = [root.joinpath(*parts[1:k], "__init__.py") for k in range(2, len(parts))]  # the sub-packages on the way
+    files += [root.joinpath(*parts[1:]).with_suffix(".py"), root.joinpath(*parts[1:], "__init__.py")] if len(parts) > 1 else []
+    return [f for f in files if f.is_file()]
+
+
 @functools.cache
-def _source_hash() -> str:
+def _source_hash(root: Path = _PACKAGE, entry: str = BUILDER_FILE) -> str:
     """Hash of the code that decides the rows, so the datasets cache is rebuilt when it changes (once per process)."""
     digest = hashlib.sha256()
-    for path in builder_sources():
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in builder_sources(root, entry):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 

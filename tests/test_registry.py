@@ -37,6 +37,33 @@ def test_registration_succeeds_here():
         assert _registry.register_builder() is True
 
 
+def _write(root, files):
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_hashed_sources_follow_imports_at_any_depth(tmp_path):
+    """Nested packages, imports two levels up, absolute imports and imports inside functions all reach the key."""
+    root = tmp_path / "pkg"
+    _write(root, {
+        "__init__.py": "from .hub import push\n",  # the package's own __init__ re-exports; it makes no rows
+        "hub.py": "def push(): pass\n",
+        "boxes.py": "X = 1\n",
+        "formats/__init__.py": "from .qwen2 import Q\n",
+        "formats/qwen2.py": "from ..boxes import X\nQ = X\n",
+        "data/__init__.py": "",
+        "data/builder.py": "from . import tasks\nfrom ..formats import Q\nimport pkg.data.coco\n",
+        "data/tasks.py": "def f():\n    from .regions import r\n    return r\n",
+        "data/regions.py": "r = 1\n",
+        "data/coco.py": "c = 1\n",
+    })
+    found = {p.relative_to(root).as_posix() for p in _registry.builder_sources(root, "data/builder.py")}
+    assert found == {"boxes.py", "formats/__init__.py", "formats/qwen2.py", "data/__init__.py", "data/builder.py", "data/tasks.py",
+                     "data/regions.py", "data/coco.py"}
+
+
 def test_hashed_sources_are_what_the_builder_imports():
     names = {p.name for p in _registry.builder_sources()}
     assert {"builder.py", "tasks.py", "formats.py", "coco.py", "boxes.py"} <= names
