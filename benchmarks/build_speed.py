@@ -36,7 +36,7 @@ def make_split(root: Path, split: str, n_images: int, seed: int, first_id: int) 
     import numpy as np
     from PIL import Image
 
-    from qwen_instruct_det.synthetic import SynthOptions, make_annotations, write_split
+    from qwen_instruct_det.data.synthetic import SynthOptions, make_annotations, write_split
 
     ann = root / "annotations" / f"instances_{split}2017.json"
     if ann.exists():
@@ -89,8 +89,8 @@ def _build_code(root: Path, check_files: bool) -> str:
 import json, time, tempfile
 import datasets
 import qwen_instruct_det
-from qwen_instruct_det.builder import build_configs
-from qwen_instruct_det.images import decode_named, undecoded
+from qwen_instruct_det.data.images import decode_named, undecoded
+from qwen_instruct_det.data.splits import build_configs
 datasets.disable_progress_bars()
 with tempfile.TemporaryDirectory() as cache:
     t = time.perf_counter()
@@ -141,7 +141,7 @@ print(json.dumps({{"json": j, "orjson": o}}))
 """
     header_code = f"""
 import json, time, os
-from qwen_instruct_det.images import read_headers
+from qwen_instruct_det.data.images import read_headers
 paths = [os.path.join({str(root)!r}, s, f) for s in ("train2017", "val2017") for f in os.listdir(os.path.join({str(root)!r}, s))]
 t = time.perf_counter(); read_headers(paths, progress=False); print(json.dumps({{"seconds": time.perf_counter() - t, "images": len(paths)}}))
 """

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from plots import save_panels
 
-from qwen_instruct_det.demo import DemoArguments, run_demo
-from qwen_instruct_det.tiny_model import FAMILIES
+from qwen_instruct_det.commands.demo import DemoArguments, run_demo
+from qwen_instruct_det.models.tiny import FAMILIES
 
 AUGMENTATIONS = ("count", "full_region", "partial_region", "none_region")
 AUGMENTATION_SHARE = 0.25  # of detection's share, per augmentation configuration

@@ -99,11 +99,13 @@ def run_family(family: str, args, work: str, cuda: bool) -> None:
     import torch
     from trl import ModelConfig, SFTConfig
 
-    from qwen_instruct_det import tiny_model, training
-    from qwen_instruct_det.modeling import FAMILY_BOX_FORMATS
+    from qwen_instruct_det.models import tiny as tiny_model
+    from qwen_instruct_det.models.config import FAMILY_BOX_FORMATS
+    from qwen_instruct_det.train import config as train_config
+    from qwen_instruct_det.train import sft as training
 
     budget = BUDGETS[family]
-    data = training.DataArguments(data_dir=f"{work}/data", mix="detection=1.0")
+    data = train_config.DataArguments(data_dir=f"{work}/data", mix="detection=1.0")
     rows = training.build_mixture(data, "train", cache_dir=f"{work}/cache", box_format=FAMILY_BOX_FORMATS[family], min_pixels=budget[0],
                                   max_pixels=budget[1])
     texts = [r["completion"][0]["content"][0]["text"] for r in rows.select_columns(["completion"])]
@@ -116,7 +118,7 @@ def run_family(family: str, args, work: str, cuda: bool) -> None:
                     activation_checkpointing=cuda, max_length=2048, logging_steps=10, save_strategy="no", report_to="none",
                     dataloader_num_workers=2 if cuda else 0)
     model_args = ModelConfig(model_name_or_path=f"{family} published shape (random)", use_peft=True, lora_r=32, lora_alpha=64, lora_dropout=0.05)
-    parts = training.PartsArguments(freeze_vision=False, freeze_merger=False, freeze_llm=False)  # the seed's run: all three parts
+    parts = train_config.PartsArguments(freeze_vision=False, freeze_merger=False, freeze_llm=False)  # the seed's run: all three parts
     trainer, qc, stats = training.make_trainer(data, parts, model_args, sft, model=model, processor=processor, cache_dir=f"{work}/cache")
     trainable = sum(s["trainable"] for s in stats["trainable"].values())
     if cuda:
@@ -165,7 +167,7 @@ def main() -> None:
 
     import torch
 
-    from qwen_instruct_det import synthetic
+    from qwen_instruct_det.data import synthetic
 
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:

@@ -79,7 +79,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import evaluate
 
-    from qwen_instruct_det.matching import detection_scores
+    from qwen_instruct_det.eval.matching import detection_scores
 
     preds, refs = make(args.images)
     n_true = sum(len(r["boxes"]) for r in refs)

@@ -6,11 +6,11 @@
     python benchmarks/rl_learning.py --arms grpo --trivial-reward  # does GRPO raise a reward it surely can (the wiring)?
 
 Starts from ``--demo-out``/model (``qid demo`` writes it; run with the demo's defaults when it
-is missing) and continues it (a) with GRPO (``qwen_instruct_det.grpo``, detection + format
+is missing) and continues it (a) with GRPO (``qwen_instruct_det.train.grpo``, detection + format
 rewards, KL to the start) and (b) with more SFT on the same detection rows, each for
 ``--seconds`` of training time. Held-out predictions are scored at ``--points`` moments of each
 run (evaluation time is not counted): F1@50, precision, recall, COCO AP and AP50
-(``evaluation.evaluate_file``), the duplicate rate (predicted pairs of one label with IoU > 0.9,
+(``eval.report.evaluate_file``), the duplicate rate (predicted pairs of one label with IoU > 0.9,
 per prediction) and the mean answer length in tokens. For GRPO the reward curves, group reward
 std and KL come from ``trainer.state.log_history``. Prints a table of medians over ``--seeds``
 and writes ``--out`` (JSON) and a PNG learning curve next to it. CPU, offline. On a machine
@@ -54,20 +54,21 @@ class Scorer:
     """Held-out predictions of a model, scored; one predictions file per call."""
 
     def __init__(self, processor, qc, val, folder: Path):
-        from qwen_instruct_det.inference import default_max_new_tokens
+        from qwen_instruct_det.models.inference import default_max_new_tokens
 
         self.processor, self.qc, self.val, self.folder = processor, qc, val, folder
         self.budget = default_max_new_tokens(qc.max_answer_tokens)
         self.calls = 0
 
     def __call__(self, model) -> dict:
-        from qwen_instruct_det import evaluation
+        from qwen_instruct_det.eval.report import read_predictions
+        from qwen_instruct_det.models.inference import predict_and_score
 
         self.calls += 1
         path = self.folder / f"predictions_{self.calls}.jsonl"
-        report, _ = evaluation.predict_and_score(model, self.processor, self.val, path, self.qc.box_format, self.budget,
-                                                 self.qc.categories or None)
-        records = evaluation.read_predictions(path)
+        report, _ = predict_and_score(model, self.processor, self.val, path, self.qc.box_format, self.budget,
+                                      self.qc.categories or None)
+        records = read_predictions(path)
         tok = self.processor.tokenizer
         lengths = [len(ids) for ids in tok([r["text"] for r in records], add_special_tokens=False)["input_ids"]]
         d, m = report["det_iou50"], report["coco_map"]
@@ -109,7 +110,7 @@ def _common(out: Path, lr: float, seed: int) -> dict:
 
 def shorter_answers(prompts, completions, **columns) -> list[float]:
     """A reward any working GRPO set-up raises at once (1 - characters / 200): a check that the policy gradient reaches the model."""
-    from qwen_instruct_det.rewards import completion_text
+    from qwen_instruct_det.train.rewards import completion_text
 
     return [max(0.0, 1.0 - len(completion_text(c)) / 200) for c in completions]
 
@@ -117,15 +118,16 @@ def shorter_answers(prompts, completions, **columns) -> list[float]:
 def run_grpo(start: Path, data_dir: Path, args, seed: int, out: Path):
     from trl import GRPOConfig, ModelConfig
 
-    from qwen_instruct_det import grpo
-    from qwen_instruct_det.inference import default_max_new_tokens
-    from qwen_instruct_det.modeling import QidModelConfig
+    from qwen_instruct_det.models.config import QidModelConfig
+    from qwen_instruct_det.models.inference import default_max_new_tokens
+    from qwen_instruct_det.train import grpo
+    from qwen_instruct_det.train.config import GrpoArguments
 
     qc = QidModelConfig.load(start)
     config = GRPOConfig(**_common(out, args.grpo_lr, seed), per_device_train_batch_size=args.prompts * args.generations,
                         num_generations=args.generations, max_completion_length=default_max_new_tokens(qc.max_answer_tokens),
                         temperature=1.0, beta=args.beta, logging_steps=1)
-    grpo_args = grpo.GrpoArguments(data_dir=str(data_dir), build_seed=seed, detection_kind=args.kind, freeze_vision=False,
+    grpo_args = GrpoArguments(data_dir=str(data_dir), build_seed=seed, detection_kind=args.kind, freeze_vision=False,
                                    freeze_merger=False)
     trainer, _, _ = grpo.make_trainer(grpo_args, ModelConfig(model_name_or_path=str(start), use_peft=False), config,
                                    cache_dir=str(out.parent / "hf_cache"), reward_funcs=[shorter_answers] if args.trivial_reward else None)
@@ -135,13 +137,14 @@ def run_grpo(start: Path, data_dir: Path, args, seed: int, out: Path):
 def run_sft(start: Path, data_dir: Path, args, seed: int, out: Path):
     from trl import ModelConfig, SFTConfig
 
-    from qwen_instruct_det import training
-    from qwen_instruct_det.modeling import QidModelConfig
+    from qwen_instruct_det.models.config import QidModelConfig
+    from qwen_instruct_det.train import config as train_config
+    from qwen_instruct_det.train import sft as training
 
     qc = QidModelConfig.load(start)
     config = SFTConfig(**_common(out, args.sft_lr, seed), per_device_train_batch_size=args.sft_batch, max_length=1024, logging_steps=5)
-    data = training.DataArguments(data_dir=str(data_dir), mix="detection=1.0", display_name=qc.display_name, build_seed=seed)
-    parts = training.PartsArguments(freeze_vision=False, freeze_merger=False, min_pixels=qc.min_pixels, max_pixels=qc.max_pixels)
+    data = train_config.DataArguments(data_dir=str(data_dir), mix="detection=1.0", display_name=qc.display_name, build_seed=seed)
+    parts = train_config.PartsArguments(freeze_vision=False, freeze_merger=False, min_pixels=qc.min_pixels, max_pixels=qc.max_pixels)
     trainer, _, _ = training.make_trainer(data, parts, ModelConfig(model_name_or_path=str(start), use_peft=False), config,
                                        cache_dir=str(out.parent / "hf_cache"))
     return trainer
@@ -227,9 +230,9 @@ def main() -> None:
     import torch
     from transformers.trainer_utils import set_seed
 
-    from qwen_instruct_det.builder import load_split
-    from qwen_instruct_det.demo import DemoArguments, run_demo
-    from qwen_instruct_det.modeling import load_for_inference
+    from qwen_instruct_det.commands.demo import DemoArguments, run_demo
+    from qwen_instruct_det.data.splits import load_split
+    from qwen_instruct_det.models.loading import load_for_inference
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from qwen_instruct_det.cli import main
+from qwen_instruct_det.commands.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["build", *sys.argv[1:]]))

@@ -3,22 +3,14 @@
 All functions take and return numpy arrays of shape ``(..., 4)`` and are vectorised; no
 other module re-implements any of this (EXIF orientation of boxes included). Pixel boxes are ``xyxy`` floats; ``grid``
 coordinates are integers on Qwen2-VL's 0-1000 grid. This module knows nothing about
-text, datasets or models.
+text, datasets or models; how a processor resizes an image is ``budget.py``'s.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 GRID = 1000
-MIN_PIXELS = 56 * 56
-"""Qwen2-VL's default image budget (the processor's ``min_pixels``), the one spelling of it in the project."""
-MAX_PIXELS = 28 * 28 * 1280
-"""Qwen2-VL's default ``max_pixels`` (1,003,520 pixels: 1280 image tokens of 28x28 pixels)."""
-RESIZE_FACTOR = 28
-"""Qwen2-VL's and Qwen2.5-VL's resize factor (14-px patches x 2x2 merge); Qwen3-VL's is 32."""
 
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
@@ -151,29 +143,3 @@ def reading_order(boxes: np.ndarray) -> np.ndarray:
     """Indices that sort boxes top to bottom, then left to right (stable)."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     return np.lexsort((boxes[:, 0], boxes[:, 1]))
-
-
-def smart_resize(
-    height: int, width: int, factor: int = RESIZE_FACTOR, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
-) -> tuple[int, int]:
-    """The Qwen2-VL processor's resize: ``(height, width)`` as multiples of ``factor`` within the pixel budget.
-
-    Mirrors ``transformers.models.qwen2_vl.image_processing_qwen2_vl.smart_resize`` (tested against it),
-    so that the data path can compute the resized size without importing transformers.
-    """
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(
-            f"Image of {width}x{height} has an aspect ratio over 200, which Qwen2-VL's processor refuses; "
-            "crop or pad it first."
-        )
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar

@@ -21,7 +21,7 @@ import logging
 import os
 from pathlib import Path
 
-from .tasks import TASK_DESCRIPTIONS
+from .data.tasks import TASK_DESCRIPTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def dataset_folder(out_dir: str | os.PathLike, configs: list[str] | None = None,
     """Write all configurations as Parquet (images embedded) plus a README card; return the folder."""
     from datasets.table import embed_table_storage
 
-    from .builder import build_configs
+    from .data.splits import build_configs
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,8 +113,8 @@ def check_model_folder(folder: str | os.PathLike, kind: str) -> Path:
 def model_card(folder: str | os.PathLike, kind: str, recipe: dict | None = None, report: dict | None = None,
                out_dir: str | os.PathLike | None = None) -> Path:
     """Write README.md for an adapter or merged model folder (into ``out_dir``, default the folder) from its qid config, recipe and report."""
-    from .evaluation import markdown_table
-    from .modeling import QidModelConfig
+    from .eval.report import markdown_table
+    from .models.config import QidModelConfig
 
     out = Path(folder)
     qc = QidModelConfig.load(out) or QidModelConfig()

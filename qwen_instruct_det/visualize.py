@@ -11,14 +11,13 @@ from __future__ import annotations
 import colorsys
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
 if TYPE_CHECKING:
-    from .inference import PredictionRecord
+    from .eval.report import PredictionRecord
 
 TRUTH_COLOUR = (40, 220, 90)
 CROWD_COLOUR = (150, 150, 150)  # crowd regions: in the truth, but no targets
@@ -43,7 +42,7 @@ def _font(size: int):
 def draw_detections(image: Image.Image | str | os.PathLike, truth: dict | None = None, prediction: dict | None = None,
                     min_side: int = 384) -> Image.Image:
     """The image (upscaled so its short side is at least ``min_side``) with truth and predicted boxes."""
-    from .images import open_image
+    from .data.images import open_image
 
     img = open_image(image) if not isinstance(image, Image.Image) else image
     img = img.convert("RGB")
@@ -105,20 +104,3 @@ def visualize_records(records: list[PredictionRecord], out_dir: str | os.PathLik
     grid_path = out / "grid.png"
     grid(drawn, columns).save(grid_path)
     return paths + [grid_path]
-
-
-@dataclass
-class VisualizeArguments:
-    """``qid visualize``: which predictions to draw, and where."""
-
-    predictions: str = field(metadata={"help": "Predictions JSONL written by qid predict.", "positional": True})
-    out: str = field(default="pictures", metadata={"help": "Folder for the PNGs and grid.png."})
-    limit: int = field(default=16, metadata={"help": "How many images to draw."})
-    columns: int | None = field(default=None, metadata={"help": "Columns of the grid (default: square)."})
-
-
-def visualize(args: VisualizeArguments) -> list[Path]:
-    """``qid visualize``: draw truth and predictions of the first images of a predictions file."""
-    from .evaluation import read_predictions
-
-    return visualize_records(read_predictions(args.predictions), args.out, limit=args.limit, columns=args.columns)

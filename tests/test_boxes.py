@@ -68,21 +68,6 @@ def test_iou_properties(a, b):
     assert np.allclose(m, B.iou_matrix(b, a).T)
 
 
-@pytest.mark.parametrize("size", [(480, 640), (1, 1000), (3000, 2000), (28, 28), (100, 57)])
-def test_smart_resize_matches_transformers(size):
-    pytest.importorskip("transformers")
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-
-    h, w = size
-    try:
-        expected = smart_resize(h, w, factor=28, min_pixels=56 * 56, max_pixels=14 * 14 * 4 * 1280)
-    except ValueError:
-        with pytest.raises(ValueError):
-            B.smart_resize(h, w)
-        return
-    assert B.smart_resize(h, w) == tuple(expected)
-
-
 def _pil_landing(stored_w, stored_h, box, orientation):
     """Where PIL's exif_transpose puts a filled rectangle drawn on the stored pixels: (xyxy, displayed size)."""
     from PIL import Image, ImageOps

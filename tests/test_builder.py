@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import qwen_instruct_det
 from qwen_instruct_det import boxes as B
-from qwen_instruct_det import builder as builder_module
 from qwen_instruct_det import parse_detections
-from qwen_instruct_det.builder import QwenInstructDet
-from qwen_instruct_det.tasks import TASKS
+from qwen_instruct_det.budget import smart_resize
+from qwen_instruct_det.data import builder as builder_module
+from qwen_instruct_det.data import splits
+from qwen_instruct_det.data.builder import QwenInstructDet
+from qwen_instruct_det.data.objects import TASKS
 
 CONFIGS = ("detection", "count", "full_region", "partial_region", "none_region")
 
@@ -39,14 +40,14 @@ def _truth(shapes_dir, split="train"):
 def test_registered_name_resolves_to_the_builder():
     from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
-    assert _PACKAGED_DATASETS_MODULES["qwen_instruct_det"][0] == "qwen_instruct_det.builder"
+    assert _PACKAGED_DATASETS_MODULES["qwen_instruct_det"][0] == "qwen_instruct_det.data.builder"
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_columns_and_types(built, name):
     ds = built[name]
     assert set(ds) == {"train", "validation"}
-    assert ds["train"].features == qwen_instruct_det.builder.FEATURES
+    assert ds["train"].features == builder_module.FEATURES
     row = ds["train"][0]
     assert row["task"] == name
     assert isinstance(row["images"][0], Image.Image)
@@ -190,13 +191,13 @@ def test_none_region_keeps_off_the_categories_a_filter_leaves_out(shapes_dir, tm
 def test_crowd_regions_are_the_files_crowd_annotations(shapes_dir, split, stem):
     """Rows leave crowd regions out (never targets); scoring reads them here, in the rows' frame."""
     truth = _truth(shapes_dir, stem)
-    crowd = builder_module.crowd_regions(split, data_dir=str(shapes_dir))
+    crowd = splits.crowd_regions(split, data_dir=str(shapes_dir))
     expected = {image_id: t["crowd"] for image_id, t in truth.items() if t["crowd"]}
     assert expected and set(crowd) == set(expected)
     for image_id, regions in expected.items():
         assert sorted(crowd[image_id]["labels"]) == sorted(name for _, name in regions)
         assert np.allclose(sorted(crowd[image_id]["boxes"]), sorted(box for box, _ in regions), atol=1e-3)
-    circles = builder_module.crowd_regions(split, data_dir=str(shapes_dir), categories=["circle"])  # a filter keeps its own
+    circles = splits.crowd_regions(split, data_dir=str(shapes_dir), categories=["circle"])  # a filter keeps its own
     assert all(set(c["labels"]) == {"circle"} for c in circles.values())
     assert sum(len(c["labels"]) for c in circles.values()) == sum(name == "circle" for r in expected.values() for _, name in r)
 
@@ -204,13 +205,13 @@ def test_crowd_regions_are_the_files_crowd_annotations(shapes_dir, split, stem):
 def test_crowd_regions_are_in_the_frame_of_the_rows(tmp_path):
     """On photos stored turned (EXIF 6) the JSON's crowd boxes are on the stored pixels; the rows' boxes, and so the crowd
     regions scored against them, are on the displayed picture."""
-    from qwen_instruct_det.synthetic import SynthOptions, make_synthetic_coco
+    from qwen_instruct_det.data.synthetic import SynthOptions, make_synthetic_coco
 
     opts = SynthOptions(min_size=96, max_size=128, crowd_fraction=0.5, exif_fraction=1.0, exif_orientations=(6,))
     root = make_synthetic_coco(tmp_path / "turned", train=4, val=12, seed=2, options=opts)
     data = json.loads((root / "annotations" / "instances_val2017.json").read_text())
     sizes = {im["id"]: (im["width"], im["height"]) for im in data["images"]}
-    crowd = builder_module.crowd_regions("validation", data_dir=str(root))
+    crowd = splits.crowd_regions("validation", data_dir=str(root))
     stored = [a for a in data["annotations"] if a["iscrowd"]]
     assert stored and sum(len(c["boxes"]) for c in crowd.values()) == len(stored)
     for a in stored:
@@ -274,7 +275,7 @@ def test_json_box_formats_round_trip(shapes_dir, tmp_path, fmt):
         if not row["objects"]:
             continue
         assert text.startswith('[{"bbox_2d": [')
-        input_size = B.smart_resize(h, w)[::-1] if fmt == "qwen2_5" else None
+        input_size = smart_resize(h, w)[::-1] if fmt == "qwen2_5" else None
         parsed = parse_detections(text, width=w, height=h, box_format=fmt, input_size=input_size)
         truth = np.array([o["bbox"] for o in row["objects"]])
         step = (np.array([w / input_size[0], h / input_size[1]] * 2) if input_size else np.array([w, h] * 2) / 1000)
@@ -313,7 +314,7 @@ def test_a_same_size_edit_with_the_time_restored_is_rebuilt(shapes_dir, tmp_path
     shutil.copytree(shapes_dir, root)
     ann = root / "annotations" / "instances_train2017.json"
     cache = str(tmp_path / "cache")
-    first = builder_module.load_split("count", "train", cache_dir=cache, data_dir=str(root))
+    first = splits.load_split("count", "train", cache_dir=cache, data_dir=str(root))
     stat = os.stat(ann)
     text = ann.read_text()
     edited = text.replace('"name": "circle"', '"name": "elcric"')  # same size, other content
@@ -321,13 +322,13 @@ def test_a_same_size_edit_with_the_time_restored_is_rebuilt(shapes_dir, tmp_path
     ann.write_text(edited)
     os.utime(ann, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert os.stat(ann).st_mtime_ns == stat.st_mtime_ns
-    second = builder_module.load_split("count", "train", cache_dir=cache, data_dir=str(root))
+    second = splits.load_split("count", "train", cache_dir=cache, data_dir=str(root))
     first_text, second_text = (" ".join(_text(m) for m in ds["completion"]) for ds in (first, second))
     assert "circle" in first_text and "circle" not in second_text and "elcric" in second_text
 
 
 def test_each_annotation_file_is_read_once_per_build(shapes_dir, tmp_path, monkeypatch):
-    from qwen_instruct_det import coco
+    from qwen_instruct_det.data import coco
 
     builder_module.clear_cache()
     calls = []
@@ -343,7 +344,7 @@ def test_each_annotation_file_is_read_once_per_build(shapes_dir, tmp_path, monke
 def test_rows_describe_the_decoded_image_of_exif_photos(tmp_path, json_frame):
     """Photos with an EXIF orientation: width/height are the decoded size and each box covers its drawn shape there."""
     from qwen_instruct_det import make_synthetic_coco
-    from qwen_instruct_det.synthetic import SynthOptions
+    from qwen_instruct_det.data.synthetic import SynthOptions
 
     opts = SynthOptions(min_size=90, max_size=150, empty_fraction=0, crowd_fraction=0, textured_fraction=0, colour_by_class=True,
                         exif_fraction=0.7, exif_json_frame=json_frame)

@@ -1,6 +1,6 @@
 import json
 
-from qwen_instruct_det.cli import main
+from qwen_instruct_det.commands.cli import main
 
 
 def test_synth_build_export(tmp_path, capsys):
@@ -32,8 +32,8 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
 
 
 def test_every_builder_option_is_a_flag_of_build_and_export_swift():
-    from qwen_instruct_det.builder import option_fields
-    from qwen_instruct_det.cli import make_parser
+    from qwen_instruct_det.commands.cli import make_parser
+    from qwen_instruct_det.data.builder import option_fields
 
     parser = make_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices
@@ -54,7 +54,7 @@ def test_pairs_and_budget_flags_reach_the_builder(tmp_path):
     assert main(args) == 0
     from PIL import Image
 
-    from qwen_instruct_det.boxes import smart_resize
+    from qwen_instruct_det.budget import smart_resize
 
     checked = 0
     for line in jsonl.read_text().splitlines():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from qwen_instruct_det import CocoFormatError, load_coco
-from qwen_instruct_det.builder import QwenInstructDet
+from qwen_instruct_det.data.builder import QwenInstructDet
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("trl")
 
-from qwen_instruct_det import cli  # noqa: E402
-from qwen_instruct_det.demo import FAMILY_STEPS, DemoArguments  # noqa: E402
+from qwen_instruct_det.commands import cli  # noqa: E402
+from qwen_instruct_det.commands.demo import FAMILY_STEPS, DemoArguments  # noqa: E402
 
 
 def test_steps_default_to_the_family_and_an_explicit_value_wins():

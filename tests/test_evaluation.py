@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qwen_instruct_det.cli import main
-from qwen_instruct_det.evaluation import COCO_STATS, coco_map, evaluate_records
+from qwen_instruct_det.commands.cli import main
+from qwen_instruct_det.eval.coco_map import COCO_STATS, coco_map
+from qwen_instruct_det.eval.report import evaluate_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,7 +123,7 @@ def test_coco_map_names_wrong_inputs():
 
 
 def test_package_exports_coco_map_without_importing_torch():
-    code = ("import sys, qwen_instruct_det as q; from qwen_instruct_det.evaluation import coco_map; "
+    code = ("import sys, qwen_instruct_det as q; from qwen_instruct_det.eval.coco_map import coco_map; "
             "assert q.coco_map is coco_map and 'Detections' in q.__all__ and 'coco_map' in q.__all__; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True)

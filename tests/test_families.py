@@ -1,8 +1,8 @@
 """Every Qwen-VL generation end to end: the model decides the box format, one image budget, exact category names.
 
 Each family's tiny model is saved as a plain folder (what a Hub checkpoint is) and driven
-through the real entry points: ``training.main`` (``qid train`` flags, no ``--box_format``),
-``model_cli.predict``, ``evaluation.evaluate_file`` and ``model_cli.merge``. Training
+through the real entry points: ``train_command.main`` (``qid train`` flags, no ``--box_format``),
+``model_cli.predict``, ``eval_report.evaluate_file`` and ``model_cli.merge``. Training
 memorises 8 images, so predictions must score F1@50 = 1.0; a LoRA adapter trained on top and
 merged must answer as the adapter does. The budget tests stand in for
 ``generate`` with a function that answers each image's training target exactly: whatever the
@@ -20,8 +20,15 @@ import pytest
 
 pytest.importorskip("trl")
 
-from qwen_instruct_det import evaluation, inference, model_cli, modeling, tiny_model, training  # noqa: E402
-from qwen_instruct_det.synthetic import SynthOptions, make_synthetic_coco  # noqa: E402
+from qwen_instruct_det.commands import models as model_cli  # noqa: E402
+from qwen_instruct_det.commands import train as train_command  # noqa: E402
+from qwen_instruct_det.data.synthetic import SynthOptions, make_synthetic_coco  # noqa: E402
+from qwen_instruct_det.eval import report as eval_report  # noqa: E402
+from qwen_instruct_det.models import config as model_config  # noqa: E402
+from qwen_instruct_det.models import inference  # noqa: E402
+from qwen_instruct_det.models import tiny as tiny_model  # noqa: E402
+from qwen_instruct_det.train import config as train_config  # noqa: E402
+from qwen_instruct_det.train import sft as training  # noqa: E402
 
 NATIVE = {"qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2_5", "qwen3_vl": "qwen3"}
 # The processors' published budgets (preprocessor_config.json of Qwen2-VL-2B-Instruct and Qwen2.5-VL-3B-Instruct:
@@ -69,7 +76,7 @@ def _answer_with(monkeypatch, answers: dict[str, str], prompts_seen: list | None
 
 
 def _f1(predictions: Path) -> float:
-    return evaluation.evaluate_file(predictions)["det_iou50"]["f1"]
+    return eval_report.evaluate_file(predictions)["det_iou50"]["f1"]
 
 
 # ---------------------------------------------------------------- one image budget, every family (generate stood in for)
@@ -88,8 +95,8 @@ def test_answers_equal_to_the_training_targets_score_f1_one_at_any_budget(family
 
     published_min, published_max = PUBLISHED_BUDGETS[family]
     base = _plain_checkpoint(tmp_path / "base", family, ["Traffic Light", "[]"], published_min, published_max)
-    data = training.DataArguments(data_dir=str(larger))
-    parts = training.PartsArguments(max_pixels=max_pixels)
+    data = train_config.DataArguments(data_dir=str(larger))
+    parts = train_config.PartsArguments(max_pixels=max_pixels)
     sft = SFTConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none", max_length=None)
     trainer, qc, stats = training.make_trainer(data, parts, ModelConfig(model_name_or_path=str(base), use_peft=False), sft,
                                         cache_dir=str(tmp_path / "cache"))
@@ -108,7 +115,7 @@ def test_answers_equal_to_the_training_targets_score_f1_one_at_any_budget(family
 
 @pytest.mark.parametrize("family", tiny_model.FAMILIES)
 def test_a_base_checkpoint_is_asked_and_read_in_its_family_format(family, larger, tmp_path, monkeypatch):
-    from qwen_instruct_det.builder import load_split
+    from qwen_instruct_det.data.splits import load_split
 
     budget = PUBLISHED_BUDGETS[family]
     base = _plain_checkpoint(tmp_path / "base", family, ["Traffic Light", "[]"], *budget)
@@ -134,8 +141,8 @@ def test_an_explicit_box_format_that_disagrees_with_the_model_warns_and_is_recor
 
     base = _plain_checkpoint(tmp_path / "base", "qwen3_vl", ["[]"], 56 * 56, 112 * 112)
     sft = SFTConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none", max_length=None)
-    with caplog.at_level(logging.WARNING, logger="qwen_instruct_det.modeling"):
-        trainer, qc, stats = training.make_trainer(training.DataArguments(data_dir=str(larger), box_format="qwen2"), training.PartsArguments(),
+    with caplog.at_level(logging.WARNING, logger="qwen_instruct_det.models.config"):
+        trainer, qc, stats = training.make_trainer(train_config.DataArguments(data_dir=str(larger), box_format="qwen2"), train_config.PartsArguments(),
                                             ModelConfig(model_name_or_path=str(base), use_peft=False), sft, cache_dir=str(tmp_path / "c"))
     assert "disagrees with the model" in caplog.text and "'qwen3'" in caplog.text
     assert trainer.train_dataset[0]["completion"][0]["content"][0]["text"].startswith("<|object_ref_start|>")
@@ -143,7 +150,7 @@ def test_an_explicit_box_format_that_disagrees_with_the_model_warns_and_is_recor
     saved = json.loads((out / "qid_config.json").read_text())
     assert (saved["box_format"], saved["model_type"], saved["resize_factor"]) == ("qwen2", "qwen3_vl", 32)
     with pytest.raises(ValueError, match="qwen2_5"):
-        modeling.box_format_for("llava", None)  # not a Qwen-VL family: the format must be named
+        model_config.box_format_for("llava", None)  # not a Qwen-VL family: the format must be named
 
 
 # ---------------------------------------------------------------- train -> predict -> evaluate -> merge, every family
@@ -169,18 +176,18 @@ def trained(request, eight, tmp_path_factory):
     family = request.param
     root = tmp_path_factory.mktemp(family)
     budget = (84 * 84 // 2, 84 * 84)
-    rows = training.build_mixture(training.DataArguments(data_dir=str(eight)), "train", cache_dir=str(root / "cache"),
+    rows = training.build_mixture(train_config.DataArguments(data_dir=str(eight)), "train", cache_dir=str(root / "cache"),
                                   box_format=NATIVE[family], min_pixels=budget[0], max_pixels=budget[1])
     base = _plain_checkpoint(root / "base", family, [r["completion"][0]["content"][0]["text"] for r in rows], *budget)
     args = _train_args(base, eight, root / "memorised")
-    return family, root, args, training.main(args)
+    return family, root, args, train_command.main(args)
 
 
 def test_only_the_answer_and_the_end_of_turn_carry_labels(trained):
     import torch
 
     family, root, args, _ = trained
-    data, parts, model_args, sft = training.make_parser().parse_args_and_config(args=args + ["--output_dir", str(root / "mask")])
+    data, parts, _tiny, model_args, sft = train_command.make_parser().parse_args_and_config(args=args + ["--output_dir", str(root / "mask")])
     trainer, _, stats = training.make_trainer(data, parts, model_args, sft)
     tok = trainer.processing_class.tokenizer
     rows = [trainer.train_dataset[i] for i in range(4)]
@@ -206,12 +213,12 @@ def test_train_predict_evaluate_merge_every_family(trained, eight, tmp_path):
     assert (qc["min_pixels"], qc["max_pixels"], qc["resize_factor"]) == (84 * 84 // 2, 84 * 84, 32 if family == "qwen3_vl" else 28)
 
     records = _predict(memorised, eight, tmp_path / "memorised.jsonl")
-    report = evaluation.evaluate_file(tmp_path / "memorised.jsonl", tmp_path / "report")
+    report = eval_report.evaluate_file(tmp_path / "memorised.jsonl", tmp_path / "report")
     assert report["det_iou50"]["f1"] == 1.0, [r["text"] for r in records]
     assert sorted({label for r in records for label in r["detections"]["labels"]}) == sorted(NAMES)
 
     # a LoRA adapter on every part of the memorised model, then merged into it: the merged model answers as the adapter does
-    adapter = training.main(_train_args(memorised, eight, tmp_path / "adapter", use_peft="true", lora_r=8, lora_alpha=16, lora_dropout=0,
+    adapter = train_command.main(_train_args(memorised, eight, tmp_path / "adapter", use_peft="true", lora_r=8, lora_alpha=16, lora_dropout=0,
                                         max_steps=3, learning_rate=1e-3))
     lora_b = [w for name, w in load_file(str(adapter / "adapter_model.safetensors")).items() if "lora_B" in name]
     assert lora_b and all(float(w.abs().max()) > 0 for w in lora_b)

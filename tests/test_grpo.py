@@ -13,8 +13,16 @@ import json
 import pytest
 import torch
 
-from qwen_instruct_det import cli, grpo, modeling, tiny_model, training
-from qwen_instruct_det.synthetic import SynthOptions, make_synthetic_coco
+from qwen_instruct_det.commands import cli
+from qwen_instruct_det.commands import grpo as grpo_command
+from qwen_instruct_det.data.synthetic import SynthOptions, make_synthetic_coco
+from qwen_instruct_det.models import config as model_config
+from qwen_instruct_det.models import loading
+from qwen_instruct_det.models import parts as model_parts
+from qwen_instruct_det.models import tiny as tiny_model
+from qwen_instruct_det.train import config as train_config
+from qwen_instruct_det.train import grpo
+from qwen_instruct_det.train import sft as training
 
 pytest.importorskip("trl")
 
@@ -40,7 +48,7 @@ def sft_folder(tmp_path_factory):
     opts = SynthOptions(min_size=56, max_size=56, min_objects=1, max_objects=1, empty_fraction=0, crowd_fraction=0, categories=1,
                         min_object_fraction=0.4, max_object_fraction=0.6, textured_fraction=0)
     make_synthetic_coco(root / "data", train=2, val=2, seed=5, options=opts)
-    data = training.DataArguments(data_dir=str(root / "data"), mix="detection=1.0")
+    data = train_config.DataArguments(data_dir=str(root / "data"), mix="detection=1.0")
     texts = [r["completion"][0]["content"][0]["text"] for r in training.build_mixture(data, "train", cache_dir=str(root / "cache"))]
     cfg = tiny_model.TinyModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, vision_depth=1, vision_embed_dim=32,
                                      min_pixels=56 * 56, max_pixels=56 * 56)
@@ -49,7 +57,7 @@ def sft_folder(tmp_path_factory):
     sft = SFTConfig(output_dir=str(root / "sft"), per_device_train_batch_size=2, learning_rate=1e-2, lr_scheduler_type="constant", max_steps=40,
                     save_strategy="no", report_to="none", use_cpu=True, bf16=False, activation_checkpointing=False, dataloader_num_workers=0,
                     max_length=1024, disable_tqdm=True, weight_decay=0.0, seed=0)
-    parts = training.PartsArguments(freeze_vision=False, freeze_merger=False, tiny=True, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    parts = train_config.PartsArguments(freeze_vision=False, freeze_merger=False, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     trainer, qc, stats = training.make_trainer(data, parts, ModelConfig(model_name_or_path="tiny", use_peft=False), sft, model=model,
                                         processor=processor, cache_dir=str(root / "cache"))
     trainer.train()
@@ -67,7 +75,7 @@ def _flags(data_dir, start, out, steps, *extra):
 def grpo_adapter(sft_folder):
     """Two GRPO steps from the SFT folder with a new LoRA on the language model; the trainer and its output."""
     root, sft = sft_folder
-    args, model_args, config = grpo.make_parser().parse_args_and_config(
+    args, model_args, config = grpo_command.make_parser().parse_args_and_config(
         args=_flags(root / "data", sft, root / "grpo", 2, "--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8"))
     trainer, qc, stats = grpo.make_trainer(args, model_args, config, cache_dir=str(root / "cache"))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
@@ -92,7 +100,7 @@ def test_rewards_and_kl_are_logged_per_step(grpo_adapter):
 
 def test_lora_moved_and_only_the_language_model_trains(grpo_adapter):
     trainer, before, _ = grpo_adapter
-    summary = modeling.trainable_summary(trainer.model)
+    summary = model_parts.trainable_summary(trainer.model)
     assert summary["vision"]["trainable"] == summary["merger"]["trainable"] == 0 and summary["language_model"]["trainable"] > 0
     moved = [n for n, p in trainer.model.named_parameters() if n in before and not torch.equal(p.detach(), before[n])]
     assert any("lora_B" in n for n in moved)
@@ -105,7 +113,7 @@ def test_result_loads_like_a_qid_train_output(sft_folder, grpo_adapter):
     *_, out = grpo_adapter
     assert (out / "adapter_model.safetensors").is_file()
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(sft)
-    model, processor, qc = modeling.load_for_inference(str(out))
+    model, processor, qc = loading.load_for_inference(str(out))
     assert isinstance(model, PeftModel)
     assert (qc.box_format, qc.categories, qc.max_pixels) == ("qwen2", ["circle"], 56 * 56)
     assert processor.image_processor.size["longest_edge"] == 56 * 56
@@ -128,7 +136,7 @@ def test_qid_grpo_trains_an_adapter_further(sft_folder, grpo_adapter, tmp_path, 
     assert load_file(str(out / "adapter_model.safetensors")).keys() == load_file(str(first / "adapter_model.safetensors")).keys()
     recipe = json.loads((out / "training_args.json").read_text())
     assert recipe["grpo_rewards"] == ["detection_map_length"]
-    assert modeling.QidModelConfig.load(out).categories == ["circle"]
+    assert model_config.QidModelConfig.load(out).categories == ["circle"]
 
 
 def test_a_reward_of_your_own_replaces_the_named_ones(sft_folder):
@@ -139,7 +147,7 @@ def test_a_reward_of_your_own_replaces_the_named_ones(sft_folder):
         seen.append(len(objects))
         return [float(len(o)) for o in objects]
 
-    args, model_args, config = grpo.make_parser().parse_args_and_config(args=_flags(root / "data", sft, root / "own", 1))
+    args, model_args, config = grpo_command.make_parser().parse_args_and_config(args=_flags(root / "data", sft, root / "own", 1))
     trainer, _, stats = grpo.make_trainer(args, model_args, config, cache_dir=str(root / "cache"), reward_funcs=[boxes_named])
     trainer.train()
     assert stats["grpo_rewards"] == ["boxes_named"] and seen == [4]
@@ -148,7 +156,7 @@ def test_a_reward_of_your_own_replaces_the_named_ones(sft_folder):
 
 def test_unknown_reward_names_the_choices(sft_folder):
     root, sft = sft_folder
-    args, model_args, config = grpo.make_parser().parse_args_and_config(args=_flags(root / "data", sft, root / "x", 1, "--rewards", "accuracy"))
+    args, model_args, config = grpo_command.make_parser().parse_args_and_config(args=_flags(root / "data", sft, root / "x", 1, "--rewards", "accuracy"))
     with pytest.raises(ValueError, match="detection"):
         grpo.make_trainer(args, model_args, config, cache_dir=str(root / "cache"))
 
@@ -157,7 +165,7 @@ def test_grpo_recipe_parses_and_flags_override():
     from pathlib import Path
 
     recipe = Path(__file__).resolve().parents[1] / "configs" / "grpo_recipe.yaml"
-    args, model_args, config = grpo.make_parser().parse_args_and_config(
+    args, model_args, config = grpo_command.make_parser().parse_args_and_config(
         args=["--config", str(recipe), "--detection_kind", "map_length", "--use_cpu", "true"])
     assert args.rewards == ["detection", "format"] and args.detection_kind == "map_length" and args.trainable_parts() == ["language_model"]
     assert (config.use_vllm, config.vllm_mode, config.num_generations, config.beta) == (True, "colocate", 8, 0.04)

@@ -6,8 +6,10 @@ import hashlib
 
 import pytest
 
-from qwen_instruct_det import cli, hub, tiny_model
-from qwen_instruct_det.modeling import QidModelConfig
+from qwen_instruct_det import hub
+from qwen_instruct_det.commands import cli
+from qwen_instruct_det.models import tiny as tiny_model
+from qwen_instruct_det.models.config import QidModelConfig
 
 pytest.importorskip("transformers")
 
@@ -64,7 +66,7 @@ def test_push_adapter_refuses_a_model_folder(model_dir, capsys):
 def test_resume_keeps_every_good_record_and_sets_bad_lines_aside(tmp_path):
     import json
 
-    from qwen_instruct_det.inference import done_ids
+    from qwen_instruct_det.models.inference import done_ids
 
     path = tmp_path / "preds.jsonl"
     good = [{"image_id": i, "detections": {"boxes": [], "labels": []}} for i in (1, 2, 3)]

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from qwen_instruct_det import boxes as B
-from qwen_instruct_det import images
-from qwen_instruct_det.coco import CocoFormatError, load_coco
-from qwen_instruct_det.synthetic import COLOURS, SynthOptions, make_annotations, make_synthetic_coco, write_split
+from qwen_instruct_det.data import images
+from qwen_instruct_det.data.coco import CocoFormatError, load_coco
+from qwen_instruct_det.data.synthetic import COLOURS, SynthOptions, make_annotations, make_synthetic_coco, write_split
 
 ORIENTATION = 0x0112
 SQUARE = 3  # category id of "square" in synthetic.CATEGORIES

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qwen_instruct_det import boxes as B
+from qwen_instruct_det.eval.matching import detection_scores
 from qwen_instruct_det.formats import parse_detections
-from qwen_instruct_det.matching import detection_scores
 
 
 def det(boxes, labels, **extra):

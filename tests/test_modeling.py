@@ -13,9 +13,10 @@ import re
 
 import pytest
 
+from qwen_instruct_det.models import parts as model_parts  # noqa: E402
+
 torch = pytest.importorskip("torch")
 
-from qwen_instruct_det import modeling  # noqa: E402
 
 # https://huggingface.co/Qwen/Qwen2-VL-2B-Instruct/blob/main/config.json
 QWEN2_VL_2B = {
@@ -120,24 +121,24 @@ def _lora_by_hand(spec: dict) -> dict[str, int]:
 
 
 def test_part_of_names_every_generation():
-    assert modeling.part_of("model.visual.blocks.3.mlp.linear_fc1.weight") == "vision"
-    assert modeling.part_of("model.visual.merger.mlp.0.weight") == "merger"
-    assert modeling.part_of("model.visual.merger.linear_fc2.bias") == "merger"
-    assert modeling.part_of("base_model.model.model.visual.deepstack_merger_list.2.linear_fc1.lora_A.default.weight") == "merger"
-    assert modeling.part_of("model.visual.deepstack_merger_list.0.norm.weight") == "merger"
-    assert modeling.part_of("model.visual.patch_embed.proj.weight") == "vision"
-    assert modeling.part_of("model.language_model.embed_tokens.weight") == "language_model"
-    assert modeling.part_of("lm_head.weight") == "language_model"
+    assert model_parts.part_of("model.visual.blocks.3.mlp.linear_fc1.weight") == "vision"
+    assert model_parts.part_of("model.visual.merger.mlp.0.weight") == "merger"
+    assert model_parts.part_of("model.visual.merger.linear_fc2.bias") == "merger"
+    assert model_parts.part_of("base_model.model.model.visual.deepstack_merger_list.2.linear_fc1.lora_A.default.weight") == "merger"
+    assert model_parts.part_of("model.visual.deepstack_merger_list.0.norm.weight") == "merger"
+    assert model_parts.part_of("model.visual.patch_embed.proj.weight") == "vision"
+    assert model_parts.part_of("model.language_model.embed_tokens.weight") == "language_model"
+    assert model_parts.part_of("lm_head.weight") == "language_model"
 
 
 def test_lora_regex_targets_exactly_the_linear_layers_of_the_unfrozen_parts(published):
     name, _, model = published
     linears = _linears(model)
-    assert {modeling.part_of(n) for n in linears} == set(modeling.PARTS)
-    for k in range(1, len(modeling.PARTS) + 1):
-        for parts in itertools.combinations(modeling.PARTS, k):
-            regex = re.compile(modeling.lora_target_regex(list(parts)))
-            wrong = [n for n in linears if bool(regex.fullmatch(n)) != (modeling.part_of(n) in parts)]
+    assert {model_parts.part_of(n) for n in linears} == set(model_parts.PARTS)
+    for k in range(1, len(model_parts.PARTS) + 1):
+        for parts in itertools.combinations(model_parts.PARTS, k):
+            regex = re.compile(model_parts.lora_target_regex(list(parts)))
+            wrong = [n for n in linears if bool(regex.fullmatch(n)) != (model_parts.part_of(n) in parts)]
             assert not wrong, f"{name}, trainable {parts}: {wrong[:5]}"
 
 
@@ -145,15 +146,15 @@ def test_lora_r32_trainable_parameters_per_part_match_the_hand_count(published):
     from peft import LoraConfig, get_peft_model
 
     name, spec, model = published
-    config = LoraConfig(r=R, lora_alpha=2 * R, target_modules=modeling.lora_target_regex(list(modeling.PARTS)))
-    summary = modeling.trainable_summary(get_peft_model(model, config, low_cpu_mem_usage=True))  # LoRA weights on meta too
-    assert {p: summary[p]["trainable"] for p in modeling.PARTS} == _lora_by_hand(spec), name
+    config = LoraConfig(r=R, lora_alpha=2 * R, target_modules=model_parts.lora_target_regex(list(model_parts.PARTS)))
+    summary = model_parts.trainable_summary(get_peft_model(model, config, low_cpu_mem_usage=True))  # LoRA weights on meta too
+    assert {p: summary[p]["trainable"] for p in model_parts.PARTS} == _lora_by_hand(spec), name
 
 
 def test_full_fine_tuning_of_the_merger_includes_qwen3_vl_deepstack_mergers():
     model = _meta_model(QWEN3_VL_2B)
-    modeling.set_trainable_parts(model, ["merger"])
-    summary = modeling.trainable_summary(model)
+    model_parts.set_trainable_parts(model, ["merger"])
+    summary = model_parts.trainable_summary(model)
     w, m, out = 1024, 4096, 2048
     main = 2 * w + (m * m + m) + (m * out + out)  # LayerNorm over one patch feature, linear_fc1, linear_fc2
     deepstack = 3 * (2 * m + (m * m + m) + (m * out + out))  # LayerNorm over the merged feature, linear_fc1, linear_fc2
@@ -167,19 +168,19 @@ def test_lora_reaches_the_experts_of_qwen3_vl_moe():
     from peft import get_peft_model
 
     model = _meta_model(QWEN3_VL_30B_A3B)
-    assert modeling.lora_target_parameters(model, ["language_model"]) == ["mlp.experts.down_proj", "mlp.experts.gate_up_proj"]
-    assert modeling.lora_target_parameters(model, ["vision", "merger"]) == []
-    assert modeling.lora_target_parameters(_meta_model(QWEN3_VL_2B), list(modeling.PARTS)) == []  # dense: every MLP is nn.Linear
+    assert model_parts.lora_target_parameters(model, ["language_model"]) == ["mlp.experts.down_proj", "mlp.experts.gate_up_proj"]
+    assert model_parts.lora_target_parameters(model, ["vision", "merger"]) == []
+    assert model_parts.lora_target_parameters(_meta_model(QWEN3_VL_2B), list(model_parts.PARTS)) == []  # dense: every MLP is nn.Linear
     trl = pytest.importorskip("trl")
     explicit = trl.get_peft_config(trl.ModelConfig(use_peft=True, lora_r=R, lora_target_modules=["q_proj"]))
-    modeling.set_lora_targets(explicit, model, ["language_model"], trl.ModelConfig(use_peft=True, lora_target_modules=["q_proj"]))
+    model_parts.set_lora_targets(explicit, model, ["language_model"], trl.ModelConfig(use_peft=True, lora_target_modules=["q_proj"]))
     assert explicit.target_modules in ("q_proj", {"q_proj"}) and not explicit.target_parameters  # what the user names is what trains
     args = trl.ModelConfig(use_peft=True, lora_r=R, lora_alpha=2 * R)  # targets left to the library, as qid train leaves them
     config = trl.get_peft_config(args)
-    modeling.set_lora_targets(config, model, ["language_model"], args)
+    model_parts.set_lora_targets(config, model, ["language_model"], args)
     assert config.target_parameters == ["mlp.experts.down_proj", "mlp.experts.gate_up_proj"]
     assert args.lora_dropout > 0 and config.lora_dropout == 0  # TRL's default dropout; PEFT's expert LoRA refuses any
-    summary = modeling.trainable_summary(get_peft_model(model, config, low_cpu_mem_usage=True))
+    summary = model_parts.trainable_summary(get_peft_model(model, config, low_cpu_mem_usage=True))
     t = QWEN3_VL_30B_A3B["text_config"]
     h, q, kv = t["hidden_size"], t["num_attention_heads"] * t["head_dim"], t["num_key_value_heads"] * t["head_dim"]
     attention = (h + q) + 2 * (h + kv) + (q + h)
@@ -198,10 +199,10 @@ def test_lora_on_parameters_the_user_names_gets_no_dropout():
                   {"lora_target_parameters": ["mlp.experts.down_proj"], "lora_target_modules": ["q_proj"]}):
         args = trl.ModelConfig(use_peft=True, lora_r=R, **named)
         config = trl.get_peft_config(args)
-        modeling.set_lora_targets(config, model, ["language_model"], args)
+        model_parts.set_lora_targets(config, model, ["language_model"], args)
         assert args.lora_dropout > 0 and config.lora_dropout == 0
         assert config.target_parameters == ["mlp.experts.down_proj"]  # the user's choice, not the library's
-        summary = modeling.trainable_summary(get_peft_model(_meta_model(QWEN3_VL_30B_A3B), config, low_cpu_mem_usage=True))
+        summary = model_parts.trainable_summary(get_peft_model(_meta_model(QWEN3_VL_30B_A3B), config, low_cpu_mem_usage=True))
         assert summary["language_model"]["trainable"] > 0
 
 
@@ -222,7 +223,7 @@ def test_expert_lora_trains_and_merges_on_a_small_qwen3_vl_moe():
     model = AutoModelForImageTextToText.from_config(AutoConfig.for_model(**small))
     args = trl.ModelConfig(use_peft=True, lora_r=4, lora_alpha=8)
     config = trl.get_peft_config(args)
-    modeling.set_lora_targets(config, model, ["language_model"], args)
+    model_parts.set_lora_targets(config, model, ["language_model"], args)
     peft_model = get_peft_model(model, config)
     ids = torch.randint(0, 300, (2, 12))
     peft_model(input_ids=ids, labels=ids).loss.backward()

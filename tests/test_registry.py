@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_instruct_det import _registry
+from qwen_instruct_det.data import registry as _registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,10 +64,33 @@ def test_hashed_sources_follow_imports_at_any_depth(tmp_path):
                      "data/regions.py", "data/coco.py"}
 
 
+ROW_MAKERS = ("boxes.py", "budget.py", "formats/__init__.py", "formats/base.py", "formats/qwen2.py", "formats/json_boxes.py",
+              "formats/qwen2_5.py", "formats/qwen3.py", "data/__init__.py", "data/builder.py", "data/coco.py", "data/images.py",
+              "data/objects.py", "data/regions.py", "data/tasks.py", "data/registry.py")
+
+
 def test_hashed_sources_are_what_the_builder_imports():
-    names = {p.name for p in _registry.builder_sources()}
-    assert {"builder.py", "tasks.py", "formats.py", "coco.py", "boxes.py"} <= names
-    assert "training.py" not in names and "cli.py" not in names
+    names = {p.relative_to(_registry._PACKAGE).as_posix() for p in _registry.builder_sources()}
+    assert set(ROW_MAKERS) <= names
+    assert not {n for n in names if n.startswith(("train/", "models/", "commands/", "eval/")) or n in ("hub.py", "__init__.py")}
+
+
+def test_a_change_to_any_module_that_shapes_rows_changes_the_key(tmp_path):
+    """A copy of the package with one module touched hashes differently when that module makes rows, and the same otherwise."""
+    import shutil
+
+    copy = tmp_path / "qwen_instruct_det"
+    shutil.copytree(_registry._PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    entry = _registry.BUILDER_FILE
+    before = _registry._source_hash(copy, entry)
+    for name in ROW_MAKERS + ("hub.py", "train/sft.py", "commands/cli.py"):
+        path = copy / name
+        text = path.read_text()
+        path.write_text(text + "\n# touched\n")
+        _registry._source_hash.cache_clear()
+        changed = _registry._source_hash(copy, entry) != before
+        path.write_text(text)
+        assert changed == (name in ROW_MAKERS), name
 
 
 def test_data_and_metric_paths_work_without_torch(tmp_path):
@@ -128,7 +151,7 @@ def test_other_packaged_builders_still_resolve_their_files(tmp_path):
 def test_the_builder_made_directly_caches_under_the_code_that_made_the_rows(shapes_dir, tmp_path, monkeypatch):
     """qid train, demo and predict build through QwenInstructDet(...), not load_dataset: a library upgrade that changes the
     rows must not read the old Arrow files back from the cache."""
-    from qwen_instruct_det.builder import QwenInstructDet
+    from qwen_instruct_det.data.builder import QwenInstructDet
 
     def cache_dir():
         return QwenInstructDet(config_name="count", data_dir=str(shapes_dir), cache_dir=str(tmp_path)).cache_dir

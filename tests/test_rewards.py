@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from qwen_instruct_det import rewards
+from qwen_instruct_det.budget import ImageBudget
 from qwen_instruct_det.formats import NO_OBJECTS
+from qwen_instruct_det.train import rewards
 
 TRUTH = [{"bbox": [100.0, 100.0, 300.0, 300.0], "category": "circle"}, {"bbox": [500.0, 500.0, 700.0, 800.0], "category": "square"}]
 CIRCLE, SQUARE = "circle(100,100),(300,300)", "square(500,500),(700,800)"
@@ -106,14 +107,14 @@ def test_labels_are_read_in_the_data_sets_spelling():
 def test_qwen2_5_needs_and_uses_the_resized_size():
     # 1000 x 1000 within 28*28*100 pixels resizes to 280 x 280: the circle is (28,28)-(84,84) there
     text = '[{"bbox_2d": [28, 28, 84, 84], "label": "circle"}, {"bbox_2d": [140, 140, 196, 224], "label": "square"}]'
-    budget = dict(min_pixels=56 * 56, max_pixels=28 * 28 * 100, factor=28)
-    assert _call(rewards.detection_reward("qwen2_5", **budget), [text]) == [1.0]
+    budget = ImageBudget(min_pixels=56 * 56, max_pixels=28 * 28 * 100, resize_factor=28)
+    assert _call(rewards.detection_reward("qwen2_5", budget=budget), [text]) == [1.0]
     assert _call(rewards.detection_reward("qwen2_5"), [text], input_size=[(280, 280)]) == [1.0]
-    assert _call(rewards.format_reward("qwen2_5", **budget), [text]) == [1.0]
+    assert _call(rewards.format_reward("qwen2_5", budget=budget), [text]) == [1.0]
     with pytest.raises(ValueError, match="input_size"):
         _call(rewards.detection_reward("qwen2_5"), [text])
-    with pytest.raises(ValueError, match="factor"):
-        rewards.detection_reward("qwen2_5", min_pixels=3136)
+    with pytest.raises(ValueError, match="min_pixels"):
+        ImageBudget(min_pixels=28 * 28 * 200, max_pixels=28 * 28 * 100)
 
 
 def test_qwen3_json_on_the_grid():

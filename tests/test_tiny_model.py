@@ -7,7 +7,8 @@ from PIL import Image
 
 pytest.importorskip("transformers")
 
-from qwen_instruct_det import modeling, tiny_model  # noqa: E402
+from qwen_instruct_det.budget import ImageBudget  # noqa: E402
+from qwen_instruct_det.models import tiny as tiny_model  # noqa: E402
 
 PROMPT = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "Draw the bounding box of objects"}]}]
 CLASSES = {  # family: (processor, model, patch size in pixels)
@@ -61,10 +62,10 @@ def test_image_pad_expands_to_one_token_per_merged_patch_group(processor):
     text = processor.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
     enc = processor(images=[image], text=[text], return_tensors="pt")
     pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    assert int((enc["input_ids"] == pad).sum()) == 12 == modeling.image_tokens(processor, 112, 84)
+    assert int((enc["input_ids"] == pad).sum()) == 12 == ImageBudget.of(processor).image_tokens(112, 84)[0]
     assert enc["image_grid_thw"].tolist() == [[1, 6, 8]]
     assert enc["pixel_values"].shape[-1] == 3 * 2 * patch * patch
-    assert modeling.resized_size(processor, 112, 84) == ((112, 84) if patch == 14 else (128, 96))
+    assert ImageBudget.of(processor).resized_size(112, 84) == ((112, 84) if patch == 14 else (128, 96))
 
 
 def test_model_is_the_family_class_and_generates(processor):

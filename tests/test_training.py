@@ -15,9 +15,19 @@ import numpy as np
 import pytest
 import torch
 
-from qwen_instruct_det import evaluation, hub, inference, model_cli, modeling, tiny_model, training
-from qwen_instruct_det.matching import detection_scores
-from qwen_instruct_det.synthetic import SynthOptions, make_synthetic_coco
+from qwen_instruct_det import hub
+from qwen_instruct_det.commands import cli
+from qwen_instruct_det.commands import models as model_cli
+from qwen_instruct_det.commands import train as train_command
+from qwen_instruct_det.data.synthetic import SynthOptions, make_synthetic_coco
+from qwen_instruct_det.eval import report as eval_report
+from qwen_instruct_det.eval.matching import detection_scores
+from qwen_instruct_det.models import config as model_config
+from qwen_instruct_det.models import inference, loading
+from qwen_instruct_det.models import parts as model_parts
+from qwen_instruct_det.models import tiny as tiny_model
+from qwen_instruct_det.train import config as train_config
+from qwen_instruct_det.train import sft as training
 
 pytest.importorskip("trl")
 
@@ -40,7 +50,7 @@ def eight(tmp_path_factory):
     opts = SynthOptions(min_size=84, max_size=84, min_objects=1, max_objects=2, empty_fraction=0, crowd_fraction=0,
                         categories=2, min_object_fraction=0.3, max_object_fraction=0.5, textured_fraction=0)
     make_synthetic_coco(root / "data", train=8, val=4, seed=11, options=opts)
-    data = training.DataArguments(data_dir=str(root / "data"), mix="detection=1.0")
+    data = train_config.DataArguments(data_dir=str(root / "data"), mix="detection=1.0")
     rows = training.build_mixture(data, "train", cache_dir=str(root / "cache"))
     return root, data, rows
 
@@ -56,7 +66,7 @@ def memorised(eight):
                                      min_pixels=84 * 84 // 2, max_pixels=84 * 84)
     processor = tiny_model.build_processor(texts, cfg)
     model = tiny_model.build_model(processor, cfg)
-    parts = training.PartsArguments(freeze_vision=False, freeze_merger=False, tiny=True, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    parts = train_config.PartsArguments(freeze_vision=False, freeze_merger=False, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     trainer, qc, stats = training.make_trainer(data, parts, ModelConfig(model_name_or_path="tiny", use_peft=False), _sft(root / "mem", max_steps=300),
                                         model=model, processor=processor, cache_dir=str(root / "cache"))
     trainer.train()
@@ -67,7 +77,7 @@ def memorised(eight):
 
 def _detection_rows(eight, split="train"):
     root, data, _ = eight
-    from qwen_instruct_det.builder import QwenInstructDet
+    from qwen_instruct_det.data.builder import QwenInstructDet
 
     b = QwenInstructDet(config_name="detection", data_dir=data.data_dir, cache_dir=str(root / "cache"))
     b.download_and_prepare()
@@ -144,7 +154,7 @@ def test_a_prediction_on_a_crowd_region_is_ignored_not_a_false_positive(eight, m
         with open(path, "w") as f:
             for record in inference.predict(model, processor, rows, crowd=crowd):
                 f.write(json.dumps(record) + "\n")
-        scores[name] = evaluation.evaluate_file(path)
+        scores[name] = eval_report.evaluate_file(path)
     record = json.loads((tmp_path / "with.jsonl").read_text().splitlines()[0])
     n = len(first["objects"])
     assert record["truth"]["boxes"][n:] == region["boxes"] and record["truth"]["iscrowd"] == [False] * n + [True]
@@ -167,7 +177,7 @@ def test_qid_predict_on_a_split_writes_its_crowd_regions(memorised, shapes_dir, 
 
 def test_qid_config_travels_with_the_model(memorised):
     *_, out, _ = memorised
-    model, processor, qc = modeling.load_for_inference(str(out))
+    model, processor, qc = loading.load_for_inference(str(out))
     assert qc.box_format == "qwen2" and qc.max_pixels == 84 * 84 and qc.max_answer_tokens > 10
     assert processor.image_processor.size["longest_edge"] == 84 * 84
     recipe = json.loads((out / "training_args.json").read_text())
@@ -199,7 +209,7 @@ def test_parse_mix():
 
 def test_mixture_follows_the_ratios(eight):
     root, data, _ = eight
-    mixed = training.build_mixture(training.DataArguments(data_dir=data.data_dir, mix="detection=1,partial_region=1"), "train",
+    mixed = training.build_mixture(train_config.DataArguments(data_dir=data.data_dir, mix="detection=1,partial_region=1"), "train",
                                    cache_dir=str(root / "cache"))
     tasks = mixed["task"]
     assert set(tasks) == {"detection", "partial_region"}
@@ -220,7 +230,7 @@ def _lora_trainer(eight, base, out, **sft):
 
     _, data, _ = eight
     model_args = ModelConfig(model_name_or_path=str(base), use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
-    parts = training.PartsArguments(freeze_vision=True, freeze_merger=False, freeze_llm=False, min_pixels=84 * 84 // 2, max_pixels=84 * 84)
+    parts = train_config.PartsArguments(freeze_vision=True, freeze_merger=False, freeze_llm=False, min_pixels=84 * 84 // 2, max_pixels=84 * 84)
     return training.make_trainer(data, parts, model_args, _sft(out, learning_rate=1e-2, **sft), cache_dir=str(eight[0] / "cache"))
 
 
@@ -228,7 +238,7 @@ def test_an_image_that_breaks_mid_training_is_named(tmp_path):
     """A JPEG whose header reads but whose pixels are cut off passes the build; decoding it for training names the file."""
     from trl import ModelConfig
 
-    from qwen_instruct_det.images import BadImageError
+    from qwen_instruct_det.data.images import BadImageError
 
     opts = SynthOptions(min_size=84, max_size=84, min_objects=1, max_objects=1, empty_fraction=0, crowd_fraction=0, categories=2,
                         textured_fraction=0)
@@ -238,8 +248,8 @@ def test_an_image_that_breaks_mid_training_is_named(tmp_path):
     cfg = tiny_model.TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, vision_depth=1, vision_embed_dim=32,
                                      min_pixels=84 * 84 // 2, max_pixels=84 * 84)
     processor = tiny_model.build_processor(["circle(1,2),(3,4) square"], cfg)
-    data = training.DataArguments(data_dir=str(tmp_path / "data"), mix="detection=1.0")
-    parts = training.PartsArguments(tiny=True, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    data = train_config.DataArguments(data_dir=str(tmp_path / "data"), mix="detection=1.0")
+    parts = train_config.PartsArguments(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     with pytest.raises(BadImageError, match=str(broken)) as caught:  # SFTTrainer reads a first row as it starts; training the rest
         trainer, _, _ = training.make_trainer(data, parts, ModelConfig(model_name_or_path="tiny", use_peft=False),
                                               _sft(tmp_path / "out", max_steps=1, per_device_train_batch_size=4),
@@ -252,7 +262,7 @@ def test_an_image_that_breaks_mid_training_is_named(tmp_path):
 
 def test_lora_targets_only_unfrozen_parts(eight, tiny_base, tmp_path):
     trainer, _, _stats = _lora_trainer(eight, tiny_base, tmp_path, max_steps=1)
-    summary = modeling.trainable_summary(trainer.model)
+    summary = model_parts.trainable_summary(trainer.model)
     assert summary["vision"]["trainable"] == 0
     assert summary["merger"]["trainable"] > 0 and summary["language_model"]["trainable"] > 0
     names = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
@@ -283,10 +293,10 @@ def test_merge_equals_adapter_and_cards(eight, tiny_base, tmp_path):
     trainer, qc, _stats = _lora_trainer(eight, tiny_base, tmp_path / "adapter", max_steps=3)
     trainer.train()
     adapter_dir = training.save_trained(trainer, trainer.processing_class, qc)
-    loaded = PeftModel.from_pretrained(modeling.load_model(str(tiny_base)), str(adapter_dir))
-    merged_dir = modeling.merge(adapter_dir, tmp_path / "merged")
-    merged = modeling.load_model(str(merged_dir))
-    processor = modeling.load_processor(str(merged_dir))
+    loaded = PeftModel.from_pretrained(loading.load_model(str(tiny_base)), str(adapter_dir))
+    merged_dir = loading.merge(adapter_dir, tmp_path / "merged")
+    merged = loading.load_model(str(merged_dir))
+    processor = loading.load_processor(str(merged_dir))
     rows = _detection_rows(eight, "validation")
     enc = processor(images=[rows[0]["images"]], text=[processor.apply_chat_template(rows[0]["prompt"], add_generation_prompt=True)],
                     return_tensors="pt")
@@ -313,7 +323,6 @@ def test_dataset_folder_loads_without_the_library(shapes_dir, tmp_path):
 
 
 def test_push_dry_run_builds_the_folder_and_never_uploads(memorised, monkeypatch, capsys):
-    from qwen_instruct_det import cli
 
     *_, out, _ = memorised
     monkeypatch.setattr(hub, "upload", lambda *a, **k: pytest.fail("dry run must not upload"))
@@ -339,7 +348,7 @@ def test_two_process_cpu_training_with_torchrun(eight, tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port,
-           "-m", "qwen_instruct_det.training", "--data_dir", data.data_dir, "--tiny", "true", "--use_peft", "false",
+           "-m", "qwen_instruct_det", "train", "--data_dir", data.data_dir, "--tiny", "true", "--use_peft", "false",
            "--min_pixels", "3528", "--max_pixels", "7056", "--max_steps", "2", "--per_device_train_batch_size", "2",
            "--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--bf16", "false", "--activation_checkpointing", "false",
            "--report_to", "none", "--save_strategy", "no", "--dataloader_num_workers", "0"]
@@ -363,7 +372,7 @@ def test_recipes_parse_with_trl_and_flags_override(recipe, caplog):
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "configs" / recipe
-    data, parts, model_args, sft = training.make_parser().parse_args_and_config(
+    data, parts, _tiny, model_args, sft = train_command.make_parser().parse_args_and_config(
         args=["--config", str(path), "--learning_rate", "1e-4", "--use_cpu", "true"])  # bf16 checks want a GPU otherwise
     model, box_format, min_pixels, max_pixels = RECIPES[recipe]
     assert (model_args.model_name_or_path, data.box_format, parts.min_pixels, parts.max_pixels) == (model, box_format, min_pixels, max_pixels)
@@ -377,12 +386,11 @@ def test_recipes_parse_with_trl_and_flags_override(recipe, caplog):
     assert training.parse_mix(data.mix)["detection"] == 0.5
     family = {"Qwen2-VL": "qwen2_vl", "Qwen2.5-VL": "qwen2_5_vl", "Qwen3-VL": "qwen3_vl"}[model.split("/")[1].rsplit("-", 2)[0]]
     with caplog.at_level("WARNING"):
-        assert modeling.box_format_for(family, data.box_format) == modeling.FAMILY_BOX_FORMATS[family]
+        assert model_config.box_format_for(family, data.box_format) == model_config.FAMILY_BOX_FORMATS[family]
     assert not caplog.records  # the recipe's format is the model's own
 
 
 def test_predict_command_on_a_split_and_on_an_image_folder(eight, memorised, tmp_path, capsys):
-    from qwen_instruct_det import cli
 
     root, data, _ = eight
     *_, out, _ = memorised

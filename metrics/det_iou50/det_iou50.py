@@ -1,6 +1,6 @@
 """det_iou50: detection precision, recall, F1 and mean IoU at an IoU threshold, with class match.
 
-A thin ``evaluate.Metric`` over ``qwen_instruct_det.matching.detection_scores``: the
+A thin ``evaluate.Metric`` over ``qwen_instruct_det.eval.matching.detection_scores``: the
 matching and the input checks are implemented once, in the library, and used by this module
 and by the library's own evaluation alike. Inputs are checked before they are stored, so a
 wrong shape is an error naming the image, never a silent zero.
@@ -9,7 +9,8 @@ wrong shape is an error naming the image, never a silent zero.
 import datasets
 import evaluate
 
-from qwen_instruct_det.matching import check_detections, check_options, detection_scores
+from qwen_instruct_det.eval.detections import check_detections, check_options
+from qwen_instruct_det.eval.matching import detection_scores
 
 _CITATION = """\
 @software{qwen_instruct_det,

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import os
-import time
 import typing
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields, make_dataclass
@@ -26,9 +24,10 @@ import numpy as np
 import pyarrow as pa
 from datasets.builder import Key
 
-from . import _registry, coco, images
-from .formats import BOX_FORMATS
-from .tasks import TASK_DESCRIPTIONS, TASKS, Objects, TaskOptions, TaskRows, generate
+from ..formats import BOX_FORMATS
+from . import coco, images, registry
+from .objects import TASKS, Objects, TaskOptions, TaskRows
+from .tasks import TASK_DESCRIPTIONS, generate
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ FEATURES = datasets.Features(
 class QwenInstructDetConfig(TaskOptions, datasets.BuilderConfig):
     """Options of one configuration; every field can be passed to ``load_dataset`` as a keyword.
 
-    The options are declared once: the text options in :class:`~qwen_instruct_det.tasks.TaskOptions`,
+    The options are declared once: the text options in :class:`~qwen_instruct_det.data.objects.TaskOptions`,
     which this config inherits, the data options here; ``qid build`` / ``qid export-swift`` flags and
     ``qid train``'s data arguments are generated from these fields (:func:`option_fields`).
     """
@@ -126,7 +125,7 @@ class QwenInstructDet(datasets.ArrowBasedBuilder):
         kwargs["source_fingerprint"] = _fingerprint(kwargs.get("data_dir"), kwargs.get("annotation_files"))
         # load_dataset passes the hash of the code that makes the rows; made directly (load_split), the cache needs it too,
         # or a library upgrade that changes the rows would read the old ones back
-        kwargs["hash"] = kwargs.get("hash") or _registry._source_hash()
+        kwargs["hash"] = kwargs.get("hash") or registry._source_hash()
         super().__init__(*args, **kwargs)
         self.skipped: dict[str, dict[str, int]] = {}
 
@@ -176,145 +175,6 @@ class QwenInstructDet(datasets.ArrowBasedBuilder):
         tables = index.memo["columns"]
         for batch, start in enumerate(range(0, len(rows), _BATCH_ROWS)):
             yield Key(0, batch), tables.table(rows, start, min(start + _BATCH_ROWS, len(rows)))
-
-
-def load_split(config: str, split: str, cache_dir: str | None = None, **config_kwargs) -> datasets.Dataset:
-    """One configuration's split, built (or read from the cache) by :class:`QwenInstructDet`."""
-    builder = QwenInstructDet(config_name=config, cache_dir=cache_dir, **config_kwargs)
-    builder.download_and_prepare()
-    if split not in builder.info.splits:
-        source = config_kwargs.get("data_dir") or config_kwargs.get("annotation_files")
-        raise ValueError(f"{source} has no split {split!r}; it has {list(builder.info.splits)}.")
-    return builder.as_dataset(split=split)
-
-
-def crowd_regions(split: str, **config_kwargs) -> dict[int, dict]:
-    """A split's crowd regions per image id, ``{"boxes": [[x1, y1, x2, y2], ...], "labels": [...]}`` in the rows' frame
-    (EXIF orientation applied, after any category filter).
-
-    Rows never hold them (crowd regions are no targets), but scoring needs them: as in COCOeval,
-    a prediction on a crowd region of its class is ignored, not a false positive.
-    """
-    index = _split_index(split, **config_kwargs)
-    out: dict[int, dict] = {}
-    for k in np.flatnonzero(index.ann_crowd).tolist():
-        entry = out.setdefault(int(index.image_ids[index.ann_image[k]]), {"boxes": [], "labels": []})
-        entry["boxes"].append(index.ann_xyxy[k].tolist())
-        entry["labels"].append(index.category_names[index.ann_category[k]])
-    return out
-
-
-def category_names(split: str, **config_kwargs) -> list[str]:
-    """The data set's category names as its annotation file spells them (after any category filter), in id order.
-
-    Loading them checks the split's annotation file and images, so callers that load a model can check the data first.
-    """
-    return list(_split_index(split, **config_kwargs).category_names)
-
-
-def _split_index(split: str, **config_kwargs) -> coco.CocoIndex:
-    """One split's index as the builder reads it (loaded once per process and content, checked, filtered)."""
-    builder = QwenInstructDet(config_name="detection", **config_kwargs)
-    files = builder._split_files()
-    if split not in files:
-        raise ValueError(f"{config_kwargs.get('data_dir') or config_kwargs.get('annotation_files')} has no split {split!r}; it has {list(files)}.")
-    return prepare_index(*files[split], builder.config)
-
-
-def config_names(config: str | list[str]) -> list[str]:
-    """'all', one name, a comma list or a list of names to a checked list of configuration names."""
-    if isinstance(config, str):
-        config = list(TASKS) if config == "all" else [c.strip() for c in config.split(",") if c.strip()]
-    unknown = [n for n in config if n not in TASKS]
-    if unknown or not config:
-        raise ValueError(f"Unknown configuration(s) {unknown or config}; choose from {list(TASKS)} or 'all'.")
-    return list(config)
-
-
-def build_configs(configs: str | list[str] = "all", cache_dir: str | None = None, output_dir: str | None = None,
-                  file_format: str = "arrow", **builder_kwargs) -> dict[str, QwenInstructDet]:
-    """Build each configuration (into ``output_dir/CONFIG`` when given, else the cache); the prepared builders by name.
-
-    Each builder records ``seconds`` (its build time) and ``skipped`` (the counts of what it left out, per split).
-    """
-    if file_format not in ("arrow", "parquet"):
-        raise ValueError(f"file_format must be 'arrow' or 'parquet', got {file_format!r}.")
-    builders = {}
-    for name in config_names(configs):
-        start = time.perf_counter()
-        builder = QwenInstructDet(config_name=name, cache_dir=cache_dir, **builder_kwargs)
-        target = str(Path(output_dir) / name) if output_dir else None
-        builder.download_and_prepare(output_dir=target, file_format=file_format,
-                                     download_mode="force_redownload" if target else None)
-        builder.seconds = time.perf_counter() - start
-        builder.output_dir = target
-        builders[name] = builder
-    if output_dir:
-        for lock in Path(output_dir).glob("*.lock"):
-            lock.unlink()
-    return builders
-
-
-def build_summary(builders: dict[str, QwenInstructDet]) -> dict:
-    """Rows per split, seconds, rows per second and skip counts of each built configuration (JSON-ready)."""
-    out = {}
-    for name, builder in builders.items():
-        rows = {split: info.num_examples for split, info in builder.info.splits.items()}
-        seconds = getattr(builder, "seconds", 0.0)
-        out[name] = {"rows": rows, "seconds": round(seconds, 3), "rows_per_second": round(sum(rows.values()) / seconds, 1) if seconds else None,
-                     "skipped": builder.skipped, "output_dir": getattr(builder, "output_dir", None)}
-    return out
-
-
-def write_swift_jsonl(datasets_: list[datasets.Dataset], path: str | os.PathLike) -> int:
-    """Rows as ms-swift JSONL (``messages`` with an ``<image>`` tag, ``images`` as paths); returns how many were written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
-    with open(path, "w") as f:
-        for ds in datasets_:
-            ds = ds.cast_column("images", datasets.List(datasets.Image(decode=False)))
-            for row in ds.select_columns(["images", "prompt", "completion"]):
-                prompt = "".join("<image>" if c["type"] == "image" else c["text"] for c in row["prompt"][0]["content"])
-                answer = "".join(c["text"] for c in row["completion"][0]["content"])
-                record = {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
-                          "images": [im["path"] for im in row["images"]]}
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                written += 1
-    return written
-
-
-@dataclass
-class _BuildCommand:
-    data_dir: str = field(metadata={"help": "COCO-2017-layout folder (annotations/instances_*2017.json, train2017/, val2017/).", "positional": True})
-    config: str = field(default="all", metadata={"help": f"Configuration(s): one of {list(TASKS)}, a comma list, or 'all'."})
-    out: str | None = field(default=None, metadata={"help": "Write each configuration to OUT/CONFIG (Arrow or Parquet) and OUT/summary.json."})
-    format: str = field(default="arrow", metadata={"help": "'arrow' (images as paths) or 'parquet'."})
-    cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder (default: HF_DATASETS_CACHE)."})
-
-
-@dataclass
-class _ExportSwiftCommand:
-    data_dir: str = field(metadata={"help": "COCO-2017-layout folder.", "positional": True})
-    out: str = field(metadata={"help": "JSONL file to write."})
-    config: str = field(default="detection", metadata={"help": "Configuration(s) to export: a name, a comma list or 'all'."})
-    split: str = field(default="train", metadata={"help": "Split to export."})
-    cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder (default: HF_DATASETS_CACHE)."})
-
-
-def build(args) -> dict:
-    """``qid build``: build the asked configurations; return (and with ``out``, write) the summary."""
-    builders = build_configs(args.config, cache_dir=args.cache_dir, output_dir=args.out, file_format=args.format, **builder_kwargs(args))
-    summary = {"data_dir": args.data_dir, "configs": build_summary(builders)}
-    if args.out:
-        (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-def export_swift(args) -> int:
-    """``qid export-swift``: write one split of the asked configurations as ms-swift JSONL; return the count."""
-    parts = [load_split(name, args.split, cache_dir=args.cache_dir, **builder_kwargs(args)) for name in config_names(args.config)]
-    return write_swift_jsonl(parts, args.out)
 
 
 def _fingerprint(data_dir: str | None, annotation_files: dict | None) -> str:
@@ -448,7 +308,3 @@ def _messages(role: str, texts: list[str], with_image: bool) -> pa.Array:
     content = pa.ListArray.from_arrays(pa.array(np.arange(0, per_row * n + 1, per_row, dtype=np.int32)), items)
     message = pa.StructArray.from_arrays([pa.array([role] * n, pa.string()), content], names=["role", "content"])
     return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), message)
-
-
-BuildArguments = with_options("BuildArguments", _BuildCommand)
-ExportSwiftArguments = with_options("ExportSwiftArguments", _ExportSwiftCommand)

@@ -92,9 +92,15 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
     from transformers.trainer_utils import set_seed
     from trl import ModelConfig, SFTConfig
 
-    from . import evaluation, inference, synthetic, tiny_model, training, visualize
-    from .builder import load_split
-    from .modeling import FAMILY_BOX_FORMATS
+    from .. import visualize
+    from ..data import synthetic
+    from ..data.splits import load_split
+    from ..eval.report import read_predictions
+    from ..models import inference
+    from ..models import tiny as tiny_model
+    from ..models.config import FAMILY_BOX_FORMATS
+    from ..train import config as train_config
+    from ..train import sft as training
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -119,7 +125,7 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
                                       max_pixels=args.image_size ** 2, rope_theta=args.rope_theta, seed=args.seed)
     box_format = FAMILY_BOX_FORMATS[args.family]
     progress(f"[2/6] instruction data: {args.mix} ({box_format} box format)")
-    data_args = training.DataArguments(data_dir=str(data_dir), mix=args.mix, display_name="Shapes", build_seed=args.seed)
+    data_args = train_config.DataArguments(data_dir=str(data_dir), mix=args.mix, display_name="Shapes", build_seed=args.seed)
     cache = str(out / "hf_cache")
     train_rows = training.build_mixture(data_args, "train", cache_dir=cache, box_format=box_format, min_pixels=tiny.min_pixels,
                                         max_pixels=tiny.max_pixels)
@@ -139,13 +145,13 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
         data_seed=args.seed, dataloader_num_workers=0, max_length=1024, disable_tqdm=False,
     )
     model_args = ModelConfig(model_name_or_path=f"tiny {args.family} (random init)", use_peft=False)
-    parts = training.PartsArguments(freeze_vision=False, freeze_merger=False, freeze_llm=False, tiny=True, tiny_family=args.family)
+    parts = train_config.PartsArguments(freeze_vision=False, freeze_merger=False, freeze_llm=False)
     trainer, qid_config, stats = training.make_trainer(data_args, parts, model_args, sft, model=model, processor=processor, cache_dir=cache)
     val = load_split("detection", "validation", cache_dir=cache, data_dir=data_args.data_dir, display_name=data_args.display_name,
                      seed=data_args.build_seed, **training.target_options(processor, qid_config.box_format))
 
     def predict(path: Path, out_dir: Path | None = None) -> tuple[dict, dict]:
-        return evaluation.predict_and_score(model, processor, val, path, qid_config.box_format,
+        return inference.predict_and_score(model, processor, val, path, qid_config.box_format,
                                             inference.default_max_new_tokens(qid_config.max_answer_tokens), qid_config.categories, out_dir)
 
     def score(_model) -> dict:  # one point of the learning curve (the trainer's model is ``model``)
@@ -170,7 +176,7 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
     timings["predict"] = time.perf_counter() - t
 
     progress("[6/6] drawing")
-    records = evaluation.read_predictions(preds_path)
+    records = read_predictions(preds_path)
     pictures = visualize.visualize_records(records, out / "pictures", limit=16)
     timings["total"] = time.perf_counter() - start - timings.get("curve_scoring", 0.0)  # the demo's time, as without a curve
     report["demo"] = {

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -252,21 +252,3 @@ def make_synthetic_coco(
         write_split(out, "val", data, seed=seed + 1)
     logger.info("wrote synthetic COCO data (%d train, %d val images) to %s", train, val, out)
     return out
-
-
-@dataclass
-class SynthArguments:
-    """``qid synth``: where to write the data set and how large it is."""
-
-    out: str = field(metadata={"help": "Folder to write the COCO-2017-layout data set to.", "positional": True})
-    train: int = field(default=400, metadata={"help": "Number of training images."})
-    val: int = field(default=100, metadata={"help": "Number of validation images."})
-    seed: int = field(default=0, metadata={"help": "Seed of the drawing and the annotations."})
-    min_objects: int = field(default=1, metadata={"help": "Fewest objects per (non-empty) image."})
-    max_objects: int = field(default=4, metadata={"help": "Most objects per image."})
-
-
-def synth(args: SynthArguments) -> Path:
-    """``qid synth``: write the synthetic data set; return its folder."""
-    options = SynthOptions(min_objects=args.min_objects, max_objects=args.max_objects)
-    return make_synthetic_coco(args.out, train=args.train, val=args.val, seed=args.seed, options=options)

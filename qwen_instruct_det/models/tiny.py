@@ -8,7 +8,7 @@ in Qwen2's order after the BPE vocabulary and Qwen2's pre-tokenizer (digits one 
 families differ as the published checkpoints do: Qwen2.5-VL has Qwen2-VL's chat template and
 14-px patches (with gated MLPs and window attention in the vision tower); Qwen3-VL has 16-px
 patches (32 px per image token), deepstack mergers and no default system turn. Nothing is
-downloaded. Real checkpoints load through ``modeling.py``.
+downloaded. Real checkpoints load through ``loading.py``.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ answer ended with the end-of-turn token. ``predict`` parses each answer with the
 box format into pixel boxes of the original image, scores each box by the mean
 probability of its tokens (so COCO AP can rank detections) and yields JSONL-ready
 records; ``predict_to_file`` appends them to a file and resumes where a previous run
-stopped. A model asked zero-shot is asked in its family's own words: ``zero_shot_prompt`` gives
-Qwen's grounding prompt for the JSON families (the category names and a request for JSON, as
-in Qwen's cookbooks), and ``with_prompt`` puts it into a split's rows.
+stopped; ``predict_and_score`` predicts into a fresh file and scores it. A model asked
+zero-shot is asked in its family's own words (``config.zero_shot_prompt``), and
+``with_prompt`` puts that prompt into a split's rows.
 """
 
 from __future__ import annotations
@@ -19,21 +19,15 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
 
 import numpy as np
 
-from .formats import get_box_format
-from .matching import Detections, objects_as_detections
-from .modeling import resized_size
-from .tasks import JSON_DETECTION_PROMPT
+from ..budget import ImageBudget
+from ..eval.detections import objects_as_detections
+from ..eval.report import PredictionRecord
+from ..formats import get_box_format
 
 logger = logging.getLogger(__name__)
-
-
-def zero_shot_prompt(box_format: str) -> str | None:
-    """The prompt template a base model of this box format is asked with; ``None`` keeps the data's prompt (qwen2)."""
-    return JSON_DETECTION_PROMPT if box_format in ("qwen2_5", "qwen3") else None
 
 
 def with_prompt(dataset, template: str, categories: list[str]):
@@ -115,27 +109,11 @@ def box_confidences(gen: Generation, spans: list[tuple[int, int]]) -> list[float
     return scores
 
 
-class PredictionRecord(TypedDict, total=False):
-    """One line of a predictions file: written by :func:`predict`, read by evaluation, visualize and resume."""
-
-    image_id: int | str
-    image: str | None
-    width: int
-    height: int
-    text: str
-    detections: Detections
-    unparsed: int
-    dropped: int
-    unknown_labels: list[str]
-    truncated: bool
-    truth: Detections
-
-
 def predict(model, processor, rows: Iterable[dict], box_format: str = "qwen2", batch_size: int = 8, max_new_tokens: int = 512,
             categories: list[str] | None = None, crowd: Mapping[int, dict] | None = None) -> Iterator[PredictionRecord]:
     """Records for rows that carry ``images``, ``prompt``, ``width``, ``height`` (and ``objects``, ``image_id`` when known).
 
-    ``crowd`` (image id -> ``{"boxes", "labels"}``, :func:`builder.crowd_regions`) adds each image's
+    ``crowd`` (image id -> ``{"boxes", "labels"}``, :func:`~qwen_instruct_det.data.splits.crowd_regions`) adds each image's
     crowd regions to its truth, flagged in ``iscrowd``: rows never hold them (they are no
     targets), and scoring without them counts a prediction on a crowd region as a false positive.
     """
@@ -152,7 +130,7 @@ def predict(model, processor, rows: Iterable[dict], box_format: str = "qwen2", b
 
 def _open(image):
     """A row's image as the model sees it (EXIF orientation applied) and its path; decode errors name the file."""
-    from .images import open_feature_image
+    from ..data.images import open_feature_image
 
     path = image.get("path") if isinstance(image, dict) else getattr(image, "filename", None)
     return open_feature_image(image), path or None
@@ -172,9 +150,10 @@ def _predict_batch(model, processor, batch, fmt, max_new_tokens, categories, cro
     opened = [[_open(im) for im in row["images"]] for row in batch]
     images = [[im for im, _ in row] for row in opened]
     gens = generate(model, processor, images, [row["prompt"] for row in batch], max_new_tokens)
+    budget = ImageBudget.of(processor)
     for row, gen, ((_, path), *_) in zip(batch, gens, opened):
         w, h = int(row["width"]), int(row["height"])
-        size = resized_size(processor, w, h) if fmt.needs_input_size else None
+        size = budget.resized_size(w, h) if fmt.needs_input_size else None
         parsed = fmt.parse(gen.text, w, h, input_size=size, categories=categories)
         record = {
             "image_id": row.get("image_id"),
@@ -242,7 +221,7 @@ def predict_to_file(model, processor, dataset, path: str | os.PathLike, box_form
     import datasets
     from tqdm.auto import tqdm
 
-    from .images import undecoded
+    from ..data.images import undecoded
 
     before = done_ids(path)
     todo = [i for i, image_id in enumerate(dataset["image_id"]) if image_id not in before]
@@ -268,3 +247,24 @@ def default_max_new_tokens(max_answer_tokens: int | None, fallback: int = 512) -
     if not max_answer_tokens:
         return fallback
     return int(max_answer_tokens * 1.25) + 16
+
+
+def predict_and_score(model, processor, rows, path: str | os.PathLike, box_format: str, max_new_tokens: int, categories=None,
+                      out_dir: str | os.PathLike | None = None) -> tuple[dict, dict]:
+    """Predict ``rows`` into a fresh ``path`` (the model in eval mode, its mode restored after) and evaluate it.
+
+    Returns ``evaluate_file``'s report (written to ``out_dir`` when given) and the prediction counts.
+    """
+    from ..eval.report import evaluate_file
+
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    was_training = model.training
+    model.eval()
+    try:
+        counts = predict_to_file(model, processor, rows, path, box_format=box_format, batch_size=32, max_new_tokens=max_new_tokens,
+                                 categories=categories, progress=False)
+    finally:
+        model.train(was_training)
+    return evaluate_file(path, out_dir), counts
+

@@ -4,7 +4,7 @@
 (``PIL.ImageOps.exif_transpose``), so a JPEG stored 640x427 with orientation 6 reaches the
 model as a 427x640 picture. :func:`read_headers` reads every file's stored size and
 orientation from its header alone (no pixels decoded), :func:`orient_index` uses them to put
-a :class:`~qwen_instruct_det.coco.CocoIndex` into that displayed frame (sizes and boxes),
+a :class:`~qwen_instruct_det.data.coco.CocoIndex` into that displayed frame (sizes and boxes),
 :func:`verify_images` decodes every file and names the broken ones, and :func:`open_image`
 opens one picture the way training and inference must see it. Box math lives in ``boxes.py``;
 this module knows nothing about tasks or text.
@@ -22,7 +22,7 @@ from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
-from . import boxes as B
+from .. import boxes as B
 from .coco import CocoFormatError, CocoIndex
 
 logger = logging.getLogger(__name__)

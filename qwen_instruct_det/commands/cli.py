@@ -28,29 +28,29 @@ class Command:
 
 
 def _commands() -> dict[str, Command]:
-    from . import builder, evaluation, model_cli, synthetic, visualize
+    from . import data, evaluate, models
     from .demo import DemoArguments, run_demo
 
     return {
-        "synth": Command(lambda: synthetic.SynthArguments, synthetic.synth, _show_synth, "Write the synthetic COCO-format shapes data set."),
-        "build": Command(lambda: builder.BuildArguments, builder.build, _show_build, "Build instruction configurations to Arrow/Parquet, with a summary."),
-        "export-swift": Command(lambda: builder.ExportSwiftArguments, builder.export_swift, lambda a, n: print(f"wrote {n} records to {a.out}"),
+        "synth": Command(lambda: data.SynthArguments, data.synth, _show_synth, "Write the synthetic COCO-format shapes data set."),
+        "build": Command(lambda: data.BuildArguments, data.build, _show_build, "Build instruction configurations to Arrow/Parquet, with a summary."),
+        "export-swift": Command(lambda: data.ExportSwiftArguments, data.export_swift, lambda a, n: print(f"wrote {n} records to {a.out}"),
                                 "Write rows as ms-swift JSONL."),
-        "evaluate": Command(lambda: evaluation.EvaluateArguments, evaluation.evaluate, _show_evaluate,
+        "evaluate": Command(lambda: evaluate.EvaluateArguments, evaluate.evaluate, _show_evaluate,
                             "Score a predictions JSONL: det_iou50 per class and COCO mAP."),
-        "visualize": Command(lambda: visualize.VisualizeArguments, visualize.visualize,
+        "visualize": Command(lambda: evaluate.VisualizeArguments, evaluate.visualize,
                              lambda a, paths: print(f"wrote {len(paths) - 1} pictures and {paths[-1]}"), "Draw truth and predicted boxes to PNGs and a grid."),
-        "predict": Command(lambda: model_cli.PredictArguments, model_cli.predict, _show_predict, "Batched generation on a split or an image folder, to JSONL."),
-        "merge": Command(lambda: model_cli.MergeArguments, model_cli.merge, lambda a, out: print(f"merged model written to {out}"),
+        "predict": Command(lambda: models.PredictArguments, models.predict, _show_predict, "Batched generation on a split or an image folder, to JSONL."),
+        "merge": Command(lambda: models.MergeArguments, models.merge, lambda a, out: print(f"merged model written to {out}"),
                          "Fold a LoRA adapter into its base model."),
-        "push": Command(lambda: model_cli.PushArguments, model_cli.push, _show_push, "Publish a dataset, adapter or merged model to the Hub (with cards)."),
+        "push": Command(lambda: models.PushArguments, models.push, _show_push, "Publish a dataset, adapter or merged model to the Hub (with cards)."),
         "demo": Command(lambda: DemoArguments, run_demo, _show_demo, "The whole path on synthetic data with the tiny model (CPU, offline)."),
     }
 
 
 _TRL_COMMANDS = {
-    "train": ("qwen_instruct_det.training", "Fine-tune with TRL SFTTrainer + PEFT LoRA (flags or --config recipe.yaml; see qid train --help)."),
-    "grpo": ("qwen_instruct_det.grpo", "Reinforcement fine-tuning with TRL GRPOTrainer and detection rewards (see qid grpo --help)."),
+    "train": ("qwen_instruct_det.commands.train", "Fine-tune with TRL SFTTrainer + PEFT LoRA (flags or --config recipe.yaml; see qid train --help)."),
+    "grpo": ("qwen_instruct_det.commands.grpo", "Reinforcement fine-tuning with TRL GRPOTrainer and detection rewards (see qid grpo --help)."),
 }
 
 
@@ -141,7 +141,7 @@ def _show_build(args, summary: dict) -> None:
 
 
 def _print_scores(report: dict) -> None:
-    from .evaluation import markdown_table
+    from ..eval.report import markdown_table
 
     m = report["coco_map"]
     print(markdown_table(report["det_iou50"]))

@@ -8,7 +8,7 @@ but checks that every referenced image file exists. It knows nothing about tasks
 
 The index is built with a few vectorised passes instead of pycocotools' per-record
 ``createIndex``: at COCO-train scale (860k boxes) that is what keeps building fast.
-pycocotools itself is used where its semantics matter (COCO mAP, see ``evaluation.py``).
+pycocotools itself is used where its semantics matter (COCO mAP, see ``eval/coco_map.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import boxes as B
+from .. import boxes as B
 
 try:  # optional: parses COCO-scale files about twice as fast as json
     import orjson
@@ -341,7 +341,7 @@ def _crowd_flags(anns: list, path) -> np.ndarray:
 
 def _check_category_names(names: list[str], path) -> None:
     """Names appear in the model's text and are compared in canonical form, so two may not share one."""
-    from .formats import normalize_label
+    from ..formats import normalize_label
 
     seen: dict[str, str] = {}
     for name in names:

@@ -8,75 +8,26 @@ completion only (TRL's default for prompt-completion data), LoRA on the linear l
 the unfrozen parts. The model decides the box format of the targets (its family's, unless
 ``box_format`` asks otherwise), and the processor's image budget is the one the targets are
 built with; both travel with the output in ``qid_config.json``, with the data set's category
-names. ``main`` is the ``qid train`` entry point: flags, a YAML recipe
-(``--config``) and Python agree because the same dataclasses back all three, as in
-TRL's own scripts. Scaling out is accelerate's job: ``accelerate launch -m
-qwen_instruct_det.training --config ...`` runs this same entry point on many devices.
+names. ``qid train`` (``commands/train.py``) parses flags and YAML recipes into the configs
+of ``config.py``; scaling out is accelerate's job (``accelerate launch -m qwen_instruct_det
+train --config ...`` runs the same command on many devices).
 """
 
 from __future__ import annotations
 
 import logging
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .builder import builder_kwargs as builder_kwargs_of
-from .builder import category_names, with_options
-from .images import decode_named, undecoded
-from .modeling import (
-    FAMILY_BOX_FORMATS,
-    PARTS,
-    QidModelConfig,
-    box_format_for,
-    format_summary,
-    image_budget,
-    image_tokens,
-    model_type,
-    set_image_budget,
-    set_lora_targets,
-    set_trainable_parts,
-    trainable_summary,
-)
-from .tasks import TASKS
+from ..budget import ImageBudget
+from ..data.builder import builder_kwargs as builder_kwargs_of
+from ..data.images import decode_named, undecoded
+from ..data.objects import TASKS
+from ..data.splits import category_names
+from ..models.config import QidModelConfig, box_format_for, model_type
+from ..models.parts import format_summary, set_lora_targets, set_trainable_parts, trainable_summary
+from .config import DataArguments, PartsArguments
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _TrainingData:
-    """Which instruction data to train on; the builder's options follow (declared once, in the builder)."""
-
-    data_dir: str | None = field(default=None, metadata={"help": "COCO-2017-layout folder (qid synth writes one)."})
-    mix: str = field(default="detection=1.0", metadata={"help": "Configurations and sampling ratios, e.g. 'detection=0.6,count=0.2,full_region=0.2'."})
-    train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    eval_split: str | None = field(default=None, metadata={"help": "Split for evaluation loss (None: no evaluation during training)."})
-    box_format: str | None = field(default=None, metadata={"help": "Box format of the targets: qwen2, qwen2_5 or qwen3 (default: the model "
-                                                                    "family's; a different one warns and is recorded)."})
-    build_seed: int = field(default=0, metadata={"help": "Seed the instruction data is built (regions, subsets) and mixed with: the builder's seed."})
-
-
-# The processor's budget (PartsArguments) builds the targets, so the builder's own budget fields are left out here.
-DataArguments = with_options("DataArguments", _TrainingData, exclude=("seed", "box_format", "min_pixels", "max_pixels", "resize_factor"))
-
-
-@dataclass
-class PartsArguments:
-    """Which parts of the model train, and the processor's image budget."""
-
-    freeze_vision: bool = field(default=True, metadata={"help": "Freeze the vision tower (no LoRA / no gradients there)."})
-    freeze_merger: bool = field(default=True, metadata={"help": "Freeze the merger (the aligner between vision and language)."})
-    freeze_llm: bool = field(default=False, metadata={"help": "Freeze the language model."})
-    min_pixels: int | None = field(default=None, metadata={"help": "Processor min_pixels (default: the checkpoint's); builds the targets "
-                                                                    "too, and is saved with the model."})
-    max_pixels: int | None = field(default=None, metadata={"help": "Processor max_pixels (default: the checkpoint's); builds the targets "
-                                                                    "too, and is saved with the model."})
-    tiny: bool = field(default=False, metadata={"help": "Train an offline tiny model from scratch instead of loading model_name_or_path."})
-    tiny_family: str = field(default="qwen2_vl", metadata={"help": "The tiny model's family: qwen2_vl, qwen2_5_vl or qwen3_vl."})
-
-    def trainable_parts(self) -> list[str]:
-        frozen = {"vision": self.freeze_vision, "merger": self.freeze_merger, "language_model": self.freeze_llm}
-        return [p for p in PARTS if not frozen[p]]
 
 
 def parse_mix(mix: str) -> dict[str, float]:
@@ -108,7 +59,7 @@ def build_mixture(data: DataArguments, split: str, cache_dir: str | None = None,
     """
     import datasets
 
-    from .builder import load_split
+    from ..data.splits import load_split
 
     if not data.data_dir:
         raise ValueError("data_dir is not set: point it at a COCO-2017-layout folder (qid synth writes one).")
@@ -128,15 +79,15 @@ def build_mixture(data: DataArguments, split: str, cache_dir: str | None = None,
 
 def target_options(processor, box_format: str) -> dict:
     """Builder options that make the targets in ``box_format`` on the processor's own resize (its budget and factor)."""
-    return {"box_format": box_format, **image_budget(processor)}
+    return {"box_format": box_format, **ImageBudget.of(processor).as_options()}
 
 
 def token_lengths(dataset, processor) -> tuple[list[int], list[int]]:
     """(whole-sample, answer) token counts per row, image tokens included, without decoding images."""
     tok = processor.tokenizer
-    prompts, answers, n_image = [], [], []
-    for row in dataset.select_columns(["prompt", "completion", "width", "height"]):
-        n_image.append(image_tokens(processor, row["width"], row["height"]))
+    prompts, answers = [], []
+    n_image = ImageBudget.of(processor).image_tokens(dataset["width"], dataset["height"]).tolist()
+    for row in dataset.select_columns(["prompt", "completion"]):
         prompt = processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
         full = processor.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
         prompts.append(prompt)
@@ -165,16 +116,14 @@ def make_trainer(data: DataArguments, parts: PartsArguments, model_args, sft_con
     """An ``SFTTrainer`` ready to train, the :class:`QidModelConfig` that travels with its output, and the run's statistics."""
     from trl import SFTTrainer, get_peft_config
 
-    from .modeling import load_model, load_processor
+    from ..models.loading import load_model, load_processor
 
     categories = category_names(data.train_split, **builder_kwargs_of(data))  # the data is checked before any model loads
     if processor is None:
-        if parts.tiny:
-            raise ValueError("tiny=True needs the tiny processor and model passed in (qwen_instruct_det.tiny_model.build_*).")
         processor = load_processor(model_args.model_name_or_path, parts.min_pixels, parts.max_pixels,
                                    trust_remote_code=getattr(model_args, "trust_remote_code", False))
     else:
-        set_image_budget(processor, parts.min_pixels, parts.max_pixels)
+        ImageBudget.set_on(processor, parts.min_pixels, parts.max_pixels)
     if model is None:
         model = load_model(model_args.model_name_or_path, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation,
                            trust_remote_code=getattr(model_args, "trust_remote_code", False))
@@ -199,7 +148,7 @@ def make_trainer(data: DataArguments, parts: PartsArguments, model_args, sft_con
     logger.info("trainable parameters per part:\n%s", format_summary(summary))
     stats = {"dropped_long_samples": dropped, "train_rows": len(train), "trainable": summary}
     qid_config = QidModelConfig(
-        box_format=box_format, model_type=family, **image_budget(processor), max_answer_tokens=longest,
+        box_format=box_format, model_type=family, **ImageBudget.of(processor).as_options(), max_answer_tokens=longest,
         base_model=model_args.model_name_or_path, data=data.data_dir, display_name=data.display_name,
         categories=categories,
         train_configs=parse_mix(data.mix),
@@ -222,37 +171,3 @@ def save_trained(trainer, processor, qid_config: QidModelConfig, stats: dict | N
     recipe["world_size"] = trainer.args.world_size
     (out / "training_args.json").write_text(json.dumps(recipe, indent=2, default=str))
     return out
-
-
-def make_parser():
-    from trl import ModelConfig, SFTConfig, TrlParser
-
-    return TrlParser((DataArguments, PartsArguments, ModelConfig, SFTConfig))
-
-
-def main(argv: list[str] | None = None) -> Path:
-    """``qid train``: parse flags / ``--config recipe.yaml``, train, save adapter + processor + qid_config.json."""
-    parser = make_parser()
-    data, parts, model_args, sft_config = parser.parse_args_and_config(args=argv)
-    model = processor = None
-    if parts.tiny:
-        from .tiny_model import TinyModelConfig, build_model, build_processor, row_texts
-
-        tiny = TinyModelConfig(family=parts.tiny_family)
-        tiny.min_pixels = parts.min_pixels or tiny.min_pixels
-        tiny.max_pixels = parts.max_pixels or tiny.max_pixels
-        box_format = data.box_format or FAMILY_BOX_FORMATS[tiny.family]  # the tokenizer learns the targets' text
-        texts = row_texts(build_mixture(data, data.train_split, box_format=box_format).select_columns(["prompt", "completion"]))
-        processor = build_processor(texts, tiny)
-        model = build_model(processor, tiny)
-        model_args.model_name_or_path = f"qwen_instruct_det tiny {parts.tiny_family} (random init)"
-    trainer, qid_config, stats = make_trainer(data, parts, model_args, sft_config, model=model, processor=processor)
-    trainer.train(resume_from_checkpoint=sft_config.resume_from_checkpoint)
-    out = save_trained(trainer, trainer.processing_class, qid_config, stats)
-    logger.info("saved to %s (%d over-long samples dropped)", out, stats["dropped_long_samples"])
-    return out
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main(sys.argv[1:])

@@ -24,10 +24,10 @@ import warnings
 from pathlib import Path
 
 NAME = "qwen_instruct_det"
-MODULE = "qwen_instruct_det.builder"
+MODULE = "qwen_instruct_det.data.builder"
 SUPPORTED_DATASETS_MAJOR = (5,)
-_PACKAGE = Path(__file__).parent
-BUILDER_FILE = "builder.py"
+_PACKAGE = Path(__file__).parents[1]
+BUILDER_FILE = "data/builder.py"
 
 
 def builder_sources(root: Path = _PACKAGE, entry: str = BUILDER_FILE) -> list[Path]:

@@ -1,7 +1,6 @@
-"""Arguments and glue of ``qid predict``, ``qid merge`` and ``qid push`` (``train`` is ``training.main``, ``grpo`` is ``grpo.main``).
+"""``qid predict``, ``qid merge`` and ``qid push``: their arguments and the library calls behind them.
 
-Each command is a dataclass of arguments and one function over ``inference``, ``modeling`` and
-``hub``; ``cli.py`` parses flags into the dataclass and prints what the function returns.
+Each command is a dataclass of arguments and one function over ``models`` and ``hub``; ``cli.py`` parses flags into the dataclass and prints what the function returns.
 """
 
 from __future__ import annotations
@@ -35,9 +34,9 @@ def predict(args: PredictArguments) -> dict:
     A model trained by ``qid train`` is asked as it was trained and parsed with its saved format, budget and
     categories; a plain checkpoint is asked with its family's zero-shot prompt and parsed in its family's format.
     """
-    from .builder import category_names, crowd_regions
-    from .inference import default_max_new_tokens, done_ids, predict_to_file, with_prompt
-    from .modeling import load_for_inference
+    from ..data.splits import category_names, crowd_regions
+    from ..models.inference import default_max_new_tokens, done_ids, predict_to_file, with_prompt
+    from ..models.loading import load_for_inference
 
     if bool(args.data_dir) == bool(args.images):
         raise ValueError("give exactly one of --data_dir (a COCO-layout folder) or --images (a folder of images).")
@@ -45,8 +44,8 @@ def predict(args: PredictArguments) -> dict:
     model, processor, qc = load_for_inference(args.model, base_model=args.base_model, dtype=args.dtype,
                                               device_map="auto" if _has_cuda() else None, box_format=args.box_format)
     if args.data_dir:
-        from .builder import load_split
-        from .training import target_options
+        from ..data.splits import load_split
+        from ..train.sft import target_options
 
         dataset = load_split("detection", args.split, data_dir=args.data_dir, display_name=qc.display_name,
                              **target_options(processor, qc.box_format))
@@ -74,10 +73,10 @@ def _folder_rows(folder: str):
     """Rows for a folder of images (no truth): the builder's columns, sizes as decoded (EXIF orientation applied)."""
     import datasets
 
-    from . import boxes as B
-    from .builder import FEATURES
-    from .images import read_headers
-    from .tasks import DETECTION_PROMPT
+    from .. import boxes as B
+    from ..data.builder import FEATURES
+    from ..data.images import read_headers
+    from ..data.tasks import DETECTION_PROMPT
 
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".bmp"))
     if not paths:
@@ -99,8 +98,8 @@ class MergeArguments:
 
 
 def merge(args: MergeArguments) -> Path:
-    from .hub import model_card
-    from .modeling import merge as merge_adapter
+    from ..hub import model_card
+    from ..models.loading import merge as merge_adapter
 
     out = merge_adapter(args.adapter, args.out, base_model=args.base_model)
     report = Path(args.adapter) / "report.json"
@@ -127,7 +126,7 @@ def push(args: PushArguments) -> dict:
     """
     import tempfile
 
-    from .hub import check_model_folder, dataset_folder, model_card, upload
+    from ..hub import check_model_folder, dataset_folder, model_card, upload
 
     if args.kind not in ("dataset", "adapter", "model"):
         raise ValueError(f"kind must be 'dataset', 'adapter' or 'model', got {args.kind!r}.")

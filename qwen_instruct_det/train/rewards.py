@@ -5,7 +5,7 @@ TRL calls it with the generated ``completions`` (conversational: one assistant m
 completion), their ``completion_ids``, and every other dataset column as a list, so the
 builder's ``objects`` (pixel ``bbox`` + ``category``), ``width`` and ``height`` arrive as
 keywords. Answers are read with the library's one parser (``formats``) and scored with its
-one matching (``matching.match``, per image and class); nothing here re-implements either.
+one matching (``eval.matching.match``, per image and class); nothing here re-implements either.
 
 - :func:`detection_reward` with ``kind="f1"`` (F1 at the IoU threshold), ``"iou"`` (Visual-RFT:
   sum of matched IoUs / max(n_truth, n_pred)) or ``"map_length"`` (VLM-R1: AP at the threshold,
@@ -25,9 +25,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .boxes import smart_resize
-from .formats import _END_OF_TURN_RE, NO_OBJECTS, ParseResult, get_box_format, says_no_objects
-from .matching import match, objects_as_detections
+from ..budget import ImageBudget
+from ..eval.detections import objects_as_detections
+from ..eval.matching import match
+from ..formats import END_OF_TURN_RE, NO_OBJECTS, ParseResult, get_box_format, says_no_objects
 
 KINDS = ("f1", "iou", "map_length")
 
@@ -49,14 +50,10 @@ def completion_text(completion) -> str:
 class _Reader:
     """Parses a batch of completions against their rows: the one parser, with each row's image size."""
 
-    def __init__(self, box_format: str, categories: Sequence[str] | None, min_pixels: int | None, max_pixels: int | None,
-                 factor: int | None):
+    def __init__(self, box_format: str, categories: Sequence[str] | None, budget: ImageBudget | None):
         self.fmt = get_box_format(box_format)
         self.categories = list(categories or [])
-        budget = (min_pixels, max_pixels, factor)
-        if any(v is not None for v in budget) and any(v is None for v in budget):
-            raise ValueError(f"give all of min_pixels, max_pixels and factor (the processor's patch size x merge size) or none; got {budget}.")
-        self.budget = None if budget[0] is None else budget
+        self.budget = budget
 
     def input_size(self, width: int, height: int, given) -> tuple[int, int] | None:
         if not self.fmt.needs_input_size:
@@ -65,10 +62,8 @@ class _Reader:
             return int(given[0]), int(given[1])
         if self.budget is None:
             raise ValueError(f"box format {self.fmt.name!r} reads pixels of the processor-resized image: give the rows an input_size "
-                             "column (width, height) or pass min_pixels, max_pixels and factor to the reward factory.")
-        min_pixels, max_pixels, factor = self.budget
-        h, w = smart_resize(int(height), int(width), factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
-        return w, h
+                             "column (width, height) or pass the processor's budget (budget=ImageBudget.of(processor)) to the reward factory.")
+        return self.budget.resized_size(int(width), int(height))
 
     def parse(self, completions, width, height, objects=None, input_size=None) -> list[ParseResult]:
         sizes = input_size if input_size is not None else [None] * len(completions)
@@ -81,7 +76,7 @@ class _Reader:
         return results
 
 
-_END_TOKENS = _END_OF_TURN_RE.pattern  # the parser's own end-of-turn tokens
+_END_TOKENS = END_OF_TURN_RE.pattern  # the parser's own end-of-turn tokens
 # What a complete answer may hold outside its boxes (and, in qwen2 text, their labels): separators, the format's own marks.
 _FILLER = {
     "qwen2": re.compile(rf"(?:\s|,|<\|box_start\|>|<\|box_end\|>|{_END_TOKENS})*"),
@@ -139,13 +134,12 @@ def _score(parsed: ParseResult, text: str, objects: list[dict], kind: str, iou_t
 
 
 def detection_reward(box_format: str = "qwen2", iou_threshold: float = 0.5, kind: str = "f1", categories: Sequence[str] | None = None,
-                     min_pixels: int | None = None, max_pixels: int | None = None, factor: int | None = None) -> RewardFunction:
+                     budget: ImageBudget | None = None) -> RewardFunction:
     """A TRL reward function scoring each answer's boxes against the row's ``objects`` (0..1; named ``detection_<kind>``).
 
     ``categories`` (the data set's names) map answer labels to the data set's spelling; the
     row's own category names are always known. ``qwen2_5`` answers need the processor-resized
-    size: an ``input_size`` column, or the processor's ``min_pixels``, ``max_pixels`` and
-    ``factor`` here. On an image with no objects an answer that says so (the "no objects"
+    size: an ``input_size`` column, or the processor's ``budget`` here (``ImageBudget.of(processor)``). On an image with no objects an answer that says so (the "no objects"
     sentence, or an empty JSON list) scores 1.0; anything else, boxes, babble, silence or a
     cut-off answer, 0. No boxes against some truth scores 0.
     """
@@ -153,7 +147,7 @@ def detection_reward(box_format: str = "qwen2", iou_threshold: float = 0.5, kind
         raise ValueError(f"detection reward kind must be one of {KINDS}, got {kind!r}.")
     if not 0 < iou_threshold <= 1:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}.")
-    reader = _Reader(box_format, categories, min_pixels, max_pixels, factor)
+    reader = _Reader(box_format, categories, budget)
 
     def reward(prompts, completions, objects, width, height, input_size=None, **columns) -> list[float]:
         parsed = reader.parse(completions, width, height, objects, input_size)
@@ -164,7 +158,7 @@ def detection_reward(box_format: str = "qwen2", iou_threshold: float = 0.5, kind
 
 
 def format_reward(box_format: str = "qwen2", end_token_ids: Sequence[int] | None = None, dataset: str = "COCO",
-                  min_pixels: int | None = None, max_pixels: int | None = None, factor: int | None = None) -> RewardFunction:
+                  budget: ImageBudget | None = None) -> RewardFunction:
     """A TRL reward function (named ``format``): 1.0 for an answer that parses completely and was not cut off, else 0.
 
     Parses completely: no unparsed fragment, no box dropped as empty, at least one box unless
@@ -176,7 +170,7 @@ def format_reward(box_format: str = "qwen2", end_token_ids: Sequence[int] | None
     whose ``completion_ids`` do not end with one of them; TRL decodes answers without those
     tokens, so the text alone cannot show a cut at a box boundary.
     """
-    reader = _Reader(box_format, None, min_pixels, max_pixels, factor)
+    reader = _Reader(box_format, None, budget)
     ends = set(int(i) for i in end_token_ids) if end_token_ids is not None else None
     empty_answer = " ".join(NO_OBJECTS.format(dataset=dataset).split())
 

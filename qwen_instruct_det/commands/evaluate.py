@@ -1,0 +1,40 @@
+"""``qid evaluate`` and ``qid visualize``: score a predictions file, draw it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..eval.report import evaluate_file, read_predictions
+from ..visualize import visualize_records
+
+
+@dataclass
+class EvaluateArguments:
+    """``qid evaluate``: the predictions to score and how."""
+
+    predictions: str = field(metadata={"help": "Predictions JSONL written by qid predict.", "positional": True})
+    out: str | None = field(default=None, metadata={"help": "Folder for report.json and report.md (default: beside the predictions)."})
+    iou_threshold: float = field(default=0.5, metadata={"help": "IoU at or above which a pair matches."})
+    matching: str = field(default="greedy", metadata={"help": "'greedy' or 'hungarian'."})
+
+
+def evaluate(args: EvaluateArguments) -> dict:
+    """``qid evaluate``: score a predictions file; write the report beside it (or in ``out``)."""
+    out = args.out or str(Path(args.predictions).parent)
+    return evaluate_file(args.predictions, out, iou_threshold=args.iou_threshold, matching=args.matching)
+
+
+@dataclass
+class VisualizeArguments:
+    """``qid visualize``: which predictions to draw, and where."""
+
+    predictions: str = field(metadata={"help": "Predictions JSONL written by qid predict.", "positional": True})
+    out: str = field(default="pictures", metadata={"help": "Folder for the PNGs and grid.png."})
+    limit: int = field(default=16, metadata={"help": "How many images to draw."})
+    columns: int | None = field(default=None, metadata={"help": "Columns of the grid (default: square)."})
+
+
+def visualize(args: VisualizeArguments) -> list[Path]:
+    """``qid visualize``: draw truth and predictions of the first images of a predictions file."""
+    return visualize_records(read_predictions(args.predictions), args.out, limit=args.limit, columns=args.columns)

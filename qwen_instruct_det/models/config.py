@@ -1,0 +1,86 @@
+"""What travels with a model: ``qid_config.json``, the model's family and the box format and prompt it implies.
+
+A folder written by ``qid train`` (and every ``checkpoint-N`` in it) holds ``qid_config.json``:
+the box format, the image budget, the category names and the builder options the targets were
+made with, and the answer budget. Inference reads it back: coordinates are only meaningful with
+the resize that made them. A plain checkpoint has none; its ``config.model_type`` decides its box
+format (:data:`FAMILY_BOX_FORMATS`) and :func:`zero_shot_prompt` the words it is asked in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..budget import ImageBudget
+from ..data.tasks import JSON_DETECTION_PROMPT
+from ..formats import get_box_format
+
+logger = logging.getLogger(__name__)
+
+QID_CONFIG = "qid_config.json"
+FAMILY_BOX_FORMATS = {"qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2_5", "qwen3_vl": "qwen3", "qwen3_vl_moe": "qwen3"}
+"""The box format each Qwen-VL generation answers in, by ``config.model_type``."""
+
+
+@dataclass
+class QidModelConfig:
+    """What inference must know about how a model was trained (saved as ``qid_config.json``)."""
+
+    box_format: str = "qwen2"
+    model_type: str | None = None  # the model's family (config.model_type); box_format differs from its own only when asked
+    min_pixels: int | None = None  # the image budget the targets were built with and the processor trained with
+    max_pixels: int | None = None
+    resize_factor: int | None = None  # patch size x merge size of that processor
+    max_answer_tokens: int | None = None
+    base_model: str | None = None
+    data: str | None = None  # where the training data came from (a folder or a Hub dataset)
+    display_name: str = "COCO"
+    categories: list[str] = field(default_factory=list)  # the data set's own category names
+    train_configs: dict[str, float] = field(default_factory=dict)
+    detection_prompt: str | None = None  # a prompt to ask with instead of the data's ({categories} filled in); None: the data's
+
+    def save(self, folder: str | os.PathLike) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / QID_CONFIG).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> QidModelConfig | None:
+        path = Path(folder) / QID_CONFIG
+        if not path.is_file():
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
+
+    @property
+    def budget(self) -> ImageBudget | None:
+        """The image budget the model was trained with (None when not recorded)."""
+        return ImageBudget.from_options(self)
+
+
+def model_type(model) -> str | None:
+    """The ``config.model_type`` of a model (a PEFT-wrapped one too), e.g. ``qwen2_5_vl``."""
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
+def box_format_for(family: str | None, requested: str | None = None) -> str:
+    """The box format to use with a model of ``family``: its own, or ``requested`` (warning loudly when they disagree)."""
+    native = FAMILY_BOX_FORMATS.get(family or "")
+    if requested is None:
+        if native is None:
+            raise ValueError(f"model type {family!r} is not a Qwen-VL family ({sorted(FAMILY_BOX_FORMATS)}), so it names no box format; "
+                             "pass --box_format qwen2, qwen2_5 or qwen3.")
+        return native
+    get_box_format(requested)  # an unknown name fails here, with the valid ones
+    if native is not None and requested != native:
+        logger.warning("box format %r disagrees with the model: a %s model answers in %r. Targets and parsing will use %r as asked "
+                       "(recorded in qid_config.json); drop --box_format to use the model's own.", requested, family, native, requested)
+    return requested
+
+
+def zero_shot_prompt(box_format: str) -> str | None:
+    """The prompt template a base model of this box format is asked with; ``None`` keeps the data's prompt (qwen2)."""
+    return JSON_DETECTION_PROMPT if box_format in ("qwen2_5", "qwen3") else None
