@@ -27,9 +27,8 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from plots import save_panels
-
 from qwen_instruct_det.commands.demo import DemoArguments, run_demo
+from qwen_instruct_det.eval.curves import save_panels
 from qwen_instruct_det.models.tiny import FAMILIES
 
 AUGMENTATIONS = ("count", "full_region", "partial_region", "none_region")

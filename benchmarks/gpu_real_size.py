@@ -103,10 +103,11 @@ def run_family(family: str, args, work: str, cuda: bool) -> None:
     from qwen_instruct_det.models.config import FAMILY_BOX_FORMATS
     from qwen_instruct_det.train import config as train_config
     from qwen_instruct_det.train import sft as training
+    from qwen_instruct_det.train.mixture import build_mixture
 
     budget = BUDGETS[family]
     data = train_config.DataArguments(data_dir=f"{work}/data", mix="detection=1.0")
-    rows = training.build_mixture(data, "train", cache_dir=f"{work}/cache", box_format=FAMILY_BOX_FORMATS[family], min_pixels=budget[0],
+    rows = build_mixture(data, "train", cache_dir=f"{work}/cache", box_format=FAMILY_BOX_FORMATS[family], min_pixels=budget[0],
                                   max_pixels=budget[1])
     texts = [r["completion"][0]["content"][0]["text"] for r in rows.select_columns(["completion"])]
     processor = tiny_model.build_processor(texts, tiny_model.TinyModelConfig(family=family, min_pixels=budget[0], max_pixels=budget[1]))
@@ -129,7 +130,7 @@ def run_family(family: str, args, work: str, cuda: bool) -> None:
     samples = result.metrics["train_samples_per_second"]
 
     model = trainer.model.eval()
-    val = training.build_mixture(data, "validation", cache_dir=f"{work}/cache", **training.target_options(processor, qc.box_format))
+    val = build_mixture(data, "validation", cache_dir=f"{work}/cache", **training.target_options(processor, qc.box_format))
     val = val.select(range(min(args.gen_batch, len(val))))
     prompts = [processor.apply_chat_template(r["prompt"], add_generation_prompt=True) for r in val]
     processor.tokenizer.padding_side = "left"

@@ -27,7 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from plots import save_panels
+
+from qwen_instruct_det.eval.curves import save_panels
 
 METRICS = ("f1", "precision", "recall", "AP", "AP50", "duplicate_rate", "mean_answer_tokens")
 GRPO_LOGS = ("reward", "reward_std", *(f"rewards/detection_{k}/mean" for k in ("f1", "iou", "map_length")), "rewards/format/mean", "kl",

@@ -21,7 +21,10 @@ def test_steps_default_to_the_family_and_an_explicit_value_wins():
         DemoArguments(max_steps=5, curve_points=6)
 
 
-def test_qid_demo_runs_the_whole_path_and_writes_its_report(tmp_path, capsys):
+def test_qid_demo_runs_the_whole_path_and_writes_its_report(tmp_path, capsys, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="qwen_instruct_det")
     out = tmp_path / "demo"
     rc = cli.main(["demo", "--out", str(out), "--family", "qwen2_5_vl", "--train_images", "24", "--val_images", "6", "--max_steps", "6",
                    "--batch_size", "4", "--hidden_size", "32", "--layers", "1", "--vision_depth", "1", "--curve_points", "3"])
@@ -38,3 +41,6 @@ def test_qid_demo_runs_the_whole_path_and_writes_its_report(tmp_path, capsys):
     assert len(records) == 6 and all("detections" in r for r in records)
     assert (out / "pictures" / "grid.png").is_file() and (out / "model" / "qid_config.json").is_file()
     assert "F1@50 on 6 held-out images" in capsys.readouterr().out
+    built = [r.getMessage() for r in caplog.records if "rows from" in r.getMessage()]
+    assert [m.split(":")[0] for m in built] == ["detection/train", "detection/validation"]  # one build, each split once (was three)
+    assert all("left out or changed: nothing" in m for m in built)  # not a line of mostly-zero counts

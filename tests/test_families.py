@@ -28,6 +28,7 @@ from qwen_instruct_det.models import config as model_config  # noqa: E402
 from qwen_instruct_det.models import inference  # noqa: E402
 from qwen_instruct_det.models import tiny as tiny_model  # noqa: E402
 from qwen_instruct_det.train import config as train_config  # noqa: E402
+from qwen_instruct_det.train import mixture  # noqa: E402
 from qwen_instruct_det.train import sft as training  # noqa: E402
 
 NATIVE = {"qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2_5", "qwen3_vl": "qwen3"}
@@ -176,7 +177,7 @@ def trained(request, eight, tmp_path_factory):
     family = request.param
     root = tmp_path_factory.mktemp(family)
     budget = (84 * 84 // 2, 84 * 84)
-    rows = training.build_mixture(train_config.DataArguments(data_dir=str(eight)), "train", cache_dir=str(root / "cache"),
+    rows = mixture.build_mixture(train_config.DataArguments(data_dir=str(eight)), "train", cache_dir=str(root / "cache"),
                                   box_format=NATIVE[family], min_pixels=budget[0], max_pixels=budget[1])
     base = _plain_checkpoint(root / "base", family, [r["completion"][0]["content"][0]["text"] for r in rows], *budget)
     args = _train_args(base, eight, root / "memorised")
@@ -233,3 +234,24 @@ def test_train_predict_evaluate_merge_every_family(trained, eight, tmp_path):
     assert np.allclose(a, b, atol=1e-4)
     assert _f1(tmp_path / "merged.jsonl") == 1.0
     assert json.loads((merged / "qid_config.json").read_text())["categories"] == NAMES
+
+
+@pytest.mark.parametrize("trained", ["qwen2_5_vl"], indirect=True)
+def test_a_checkpoint_predicts_as_the_final_folder_with_the_same_weights(trained, eight, tmp_path):
+    """A Qwen2.5-VL model trained to answer in another box format, on a filtered category list, with another display name and
+    image budget: read as a plain checkpoint (no qid_config.json), a checkpoint was parsed in the family's own format and
+    asked zero-shot, unlike the final folder holding the same weights."""
+    family, root, _, memorised = trained
+    out = tmp_path / "run"
+    flags = _train_args(memorised, eight, out, use_peft="true", lora_r=8, lora_alpha=16, lora_dropout=0, max_steps=2, learning_rate=1e-3,
+                        categories=NAMES[1], display_name="Shapes", max_pixels=64 * 64, box_format="qwen3")
+    final = train_command.main(flags + ["--save_strategy", "steps", "--save_steps", "2"])
+    checkpoint = out / "checkpoint-2"
+    assert {"qid_config.json", "training_args.json", "adapter_config.json", "processor_config.json"} <= {p.name for p in checkpoint.iterdir()}
+    saved = json.loads((checkpoint / "qid_config.json").read_text())
+    assert saved == json.loads((final / "qid_config.json").read_text())
+    assert (saved["categories"], saved["display_name"], saved["max_pixels"], saved["box_format"]) == ([NAMES[1]], "Shapes", 64 * 64, "qwen3")
+    assert json.loads((checkpoint / "training_args.json").read_text())["mixture"]["samples_per_epoch"] == 8
+    from_checkpoint = _predict(checkpoint, eight, tmp_path / "checkpoint.jsonl")
+    from_final = _predict(final, eight, tmp_path / "final.jsonl")
+    assert [(r["text"], r["detections"]) for r in from_checkpoint] == [(r["text"], r["detections"]) for r in from_final]

@@ -21,7 +21,7 @@ from qwen_instruct_det.models import loading
 from qwen_instruct_det.models import parts as model_parts
 from qwen_instruct_det.models import tiny as tiny_model
 from qwen_instruct_det.train import config as train_config
-from qwen_instruct_det.train import grpo
+from qwen_instruct_det.train import grpo, mixture
 from qwen_instruct_det.train import sft as training
 
 pytest.importorskip("trl")
@@ -49,7 +49,7 @@ def sft_folder(tmp_path_factory):
                         min_object_fraction=0.4, max_object_fraction=0.6, textured_fraction=0)
     make_synthetic_coco(root / "data", train=2, val=2, seed=5, options=opts)
     data = train_config.DataArguments(data_dir=str(root / "data"), mix="detection=1.0")
-    texts = [r["completion"][0]["content"][0]["text"] for r in training.build_mixture(data, "train", cache_dir=str(root / "cache"))]
+    texts = [r["completion"][0]["content"][0]["text"] for r in mixture.build_mixture(data, "train", cache_dir=str(root / "cache"))]
     cfg = tiny_model.TinyModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, vision_depth=1, vision_embed_dim=32,
                                      min_pixels=56 * 56, max_pixels=56 * 56)
     processor = tiny_model.build_processor(texts, cfg)

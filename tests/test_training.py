@@ -9,6 +9,7 @@ of the model path (LoRA, resume, merge, cards) around it.
 from __future__ import annotations
 
 import json
+import os
 
 import datasets
 import numpy as np
@@ -27,6 +28,7 @@ from qwen_instruct_det.models import inference, loading
 from qwen_instruct_det.models import parts as model_parts
 from qwen_instruct_det.models import tiny as tiny_model
 from qwen_instruct_det.train import config as train_config
+from qwen_instruct_det.train import mixture
 from qwen_instruct_det.train import sft as training
 
 pytest.importorskip("trl")
@@ -51,7 +53,7 @@ def eight(tmp_path_factory):
                         categories=2, min_object_fraction=0.3, max_object_fraction=0.5, textured_fraction=0)
     make_synthetic_coco(root / "data", train=8, val=4, seed=11, options=opts)
     data = train_config.DataArguments(data_dir=str(root / "data"), mix="detection=1.0")
-    rows = training.build_mixture(data, "train", cache_dir=str(root / "cache"))
+    rows = mixture.build_mixture(data, "train", cache_dir=str(root / "cache"))
     return root, data, rows
 
 
@@ -182,34 +184,48 @@ def test_qid_config_travels_with_the_model(memorised):
     assert processor.image_processor.size["longest_edge"] == 84 * 84
     recipe = json.loads((out / "training_args.json").read_text())
     assert recipe["max_steps"] == 300 and recipe["dropped_long_samples"] == 0
+    # every argument as it took effect (main wrote max_length null and left out the mix, the data and the model settings)
+    assert recipe["max_length"] == 1024 and recipe["arguments"]["data"]["mix"] == "detection=1.0"
+    assert recipe["arguments"]["data"]["data_dir"] and recipe["arguments"]["model"]["use_peft"] is False
+    assert recipe["arguments"]["parts"]["freeze_vision"] is False
+    card = (out / "README.md").read_text()  # the library's card, not TRL's "fine-tuned version of [None]"
+    assert "library_name: transformers" in card and "qwen_instruct_det" in card and "[None]" not in card
+    assert "max_length 1024" in card and "trained parts: vision, merger, language model" in card
 
 
-def test_over_long_samples_are_dropped_and_counted(eight, memorised):
+def test_over_long_samples_are_left_out_and_counted(eight, memorised):
+    root, data, _ = eight
     _, processor, *_ = memorised
-    _, _, rows = eight
-    total, answer = training.token_lengths(rows, processor)
+    mix = mixture.load_mixture(data, "train", cache_dir=str(root / "cache"), **training.target_options(processor, "qwen2"))
+    mix.measure(processor)
+    total, answer = mix.lengths
     limit = int(np.median(total))
-    kept, dropped, longest = training.drop_long(rows, processor, limit)
-    assert dropped == sum(n > limit for n in total) > 0
-    assert len(kept) == len(rows) - dropped
+    mix.keep_shorter(limit)
+    assert mix.parts[0].dropped == int((total > limit).sum()) > 0
+    assert sorted(mix.epoch_indices(0).tolist()) == np.flatnonzero(total <= limit).tolist()  # an epoch draws the rest, once each
+    assert mix.longest_answer() == answer[total <= limit].max()
     # the counted length is the real one: the collator makes exactly that many tokens
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
+    from qwen_instruct_det.data.images import decode_named
+
     collator = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
-    batch = collator([dict(rows[0])])
-    assert int(batch["attention_mask"].sum()) == total[0]
+    rows = decode_named(mix.dataset)
+    for k in (0, len(rows) - 1):
+        batch = collator([dict(rows[k])])
+        assert (int(batch["attention_mask"].sum()), int((batch["labels"] != -100).sum())) == (total[k], answer[k])
 
 
 def test_parse_mix():
-    assert training.parse_mix("detection=3,count=1") == {"detection": 0.75, "count": 0.25}
-    assert training.parse_mix("detection,count") == {"detection": 0.5, "count": 0.5}
+    assert mixture.parse_mix("detection=3,count=1") == {"detection": 0.75, "count": 0.25}
+    assert mixture.parse_mix("detection,count") == {"detection": 0.5, "count": 0.5}
     with pytest.raises(ValueError, match="choose from"):
-        training.parse_mix("boxes=1")
+        mixture.parse_mix("boxes=1")
 
 
 def test_mixture_follows_the_ratios(eight):
     root, data, _ = eight
-    mixed = training.build_mixture(train_config.DataArguments(data_dir=data.data_dir, mix="detection=1,partial_region=1"), "train",
+    mixed = mixture.build_mixture(train_config.DataArguments(data_dir=data.data_dir, mix="detection=1,partial_region=1"), "train",
                                    cache_dir=str(root / "cache"))
     tasks = mixed["task"]
     assert set(tasks) == {"detection", "partial_region"}
@@ -310,6 +326,19 @@ def test_merge_equals_adapter_and_cards(eight, tiny_base, tmp_path):
     assert f"base_model: {tiny_base}" in text and "library_name: peft" in text and "| **all** |" in text
     assert "max_pixels 7056" in text
 
+    # merging what is not an adapter says so (it was "unexpected AttributeError: no attribute 'merge_and_unload'")
+    assert cli.main(["merge", str(merged_dir), "--out", str(tmp_path / "again")]) == 2
+    # an adapter whose base was saved as a relative path, used from another folder: the base is found beside the adapter
+    import shutil
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(adapter_dir, moved / "adapter")
+    shutil.copytree(tiny_base, moved / "base")
+    config = json.loads((moved / "adapter" / "adapter_config.json").read_text())
+    (moved / "adapter" / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "../base"}))
+    model, _, _ = loading.load_trained(str(moved / "adapter"))
+    assert model.peft_config["default"].base_model_name_or_path == "../base"
+
 
 def test_dataset_folder_loads_without_the_library(shapes_dir, tmp_path):
     folder = hub.dataset_folder(tmp_path / "repo", configs=["count", "none_region"], data_dir=str(shapes_dir), cache_dir=str(tmp_path / "c"))
@@ -326,10 +355,11 @@ def test_push_dry_run_builds_the_folder_and_never_uploads(memorised, monkeypatch
 
     *_, out, _ = memorised
     monkeypatch.setattr(hub, "upload", lambda *a, **k: pytest.fail("dry run must not upload"))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert cli.main(["push", "model", str(out), "--dry_run", "--folder", str(out.parent / "stage")]) == 0
     assert "nothing uploaded" in capsys.readouterr().out
     assert "library_name: transformers" in (out.parent / "stage" / "README.md").read_text()
-    assert not (out / "README.md").exists()  # a dry run writes nothing into the source folder
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # a dry run writes nothing into the source
     assert cli.main(["push", "model", str(out)]) == 2  # no repo id, no dry run: a clear error
 
 
@@ -383,7 +413,7 @@ def test_recipes_parse_with_trl_and_flags_override(recipe, caplog):
     assert (sft.num_train_epochs, sft.per_device_train_batch_size, sft.gradient_accumulation_steps) == (10, 1, 4)
     assert sft.lr_scheduler_type == "cosine" and sft.warmup_steps == 0.05 and sft.max_length == 2048 and sft.bf16
     assert sft.learning_rate == 1e-4  # the flag wins over the file
-    assert training.parse_mix(data.mix)["detection"] == 0.5
+    assert mixture.parse_mix(data.mix)["detection"] == 0.5
     family = {"Qwen2-VL": "qwen2_vl", "Qwen2.5-VL": "qwen2_5_vl", "Qwen3-VL": "qwen3_vl"}[model.split("/")[1].rsplit("-", 2)[0]]
     with caplog.at_level("WARNING"):
         assert model_config.box_format_for(family, data.box_format) == model_config.FAMILY_BOX_FORMATS[family]
@@ -416,3 +446,147 @@ def test_token_offsets_survive_characters_split_over_tokens(memorised):
     text, ends = inference._text_and_token_ends(tok, ids)
     assert text == "feuille d'érable(10,20),(30,40)"
     assert ends[-1] == len(text) and list(ends) == sorted(ends)
+
+
+def test_the_trainer_draws_the_mixtures_epochs_and_logs_detection_scores_at_each_evaluation(eight, memorised, tmp_path, caplog):
+    import copy
+    import logging
+
+    from trl import ModelConfig
+
+    root, _, _ = eight
+    model, processor, *_ = memorised
+    data = train_config.DataArguments(data_dir=str(root / "data"), mix="detection=1,count=0.5", eval_split="validation",
+                                      eval_detection_images=4)
+    parts = train_config.PartsArguments(freeze_vision=False, freeze_merger=False)
+    sft = _sft(tmp_path / "run", num_train_epochs=2, per_device_train_batch_size=4, learning_rate=1e-4, eval_strategy="steps", eval_steps=3,
+               save_strategy="steps", save_steps=3, metric_for_best_model="f1", per_device_eval_batch_size=4)
+    with caplog.at_level(logging.INFO, logger="qwen_instruct_det"):
+        trainer, qc, stats = training.make_trainer(data, parts, ModelConfig(model_name_or_path="tiny", use_peft=False), sft,
+                                                   model=copy.deepcopy(model), processor=processor, cache_dir=str(root / "cache"))
+    # 8 detection rows + 4 count rows an epoch: 3 steps of 4, 6 in two epochs, as the table said before the first step
+    assert stats["mixture"]["samples_per_epoch"] == 12 and stats["mixture"]["optimizer_steps"] == 6
+    assert "one epoch (anchor): 12 samples" in caplog.text and "training: 6 optimizer steps (3 per epoch, 2 epochs), 24 samples" in caplog.text
+    assert stats["eval_mixture"]["samples_per_epoch"] == 4 + 2 and len(trainer.eval_dataset) == 6
+    trainer.train()
+    assert trainer.state.max_steps == 6 and trainer.state.epoch == 2
+    scored = [entry for entry in trainer.state.log_history if "eval_f1" in entry]
+    assert [entry["step"] for entry in scored] == [3, 6]
+    assert all(0 <= entry[f"eval_{k}"] <= 1 for entry in scored for k in ("f1", "precision", "recall", "AP50"))
+    assert trainer.state.best_metric == max(entry["eval_f1"] for entry in scored)
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{max(scored, key=lambda e: e['eval_f1'])['step']}")
+    state = json.loads((tmp_path / "run" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert [e["eval_f1"] for e in state["log_history"] if "eval_f1" in e] == [e["eval_f1"] for e in scored]
+    out = training.save_trained(trainer, processor, qc, stats)
+    assert (out / "detection_curve.png").stat().st_size > 0
+    assert json.loads((out / "training_args.json").read_text())["mixture"]["configurations"]["count"]["rows_per_epoch"] == 4
+
+
+@pytest.mark.parametrize("images, split, match", [(5, "validation", "more than the 4 images of split 'validation'"),
+                                                  (2, None, "eval_split, which is not set")])
+def test_detection_scores_on_impossible_held_out_sets_name_the_option(eight, memorised, tmp_path, images, split, match):
+    from trl import ModelConfig
+
+    root, _, _ = eight
+    model, processor, *_ = memorised
+    data = train_config.DataArguments(data_dir=str(root / "data"), eval_split=split, eval_detection_images=images)
+    with pytest.raises(ValueError, match=match):
+        training.make_trainer(data, train_config.PartsArguments(), ModelConfig(model_name_or_path="tiny", use_peft=False), _sft(tmp_path),
+                              model=model, processor=processor, cache_dir=str(root / "cache"))
+
+
+def _resumable_run(root, data, texts, out, stop_at=None, resume=None, **sft_kw):
+    """A tiny model fully fine-tuned for 8 steps (stopped after ``stop_at``), saving every 4, from the same seed each time."""
+    from transformers import TrainerCallback
+    from trl import ModelConfig
+
+    torch.manual_seed(0)
+    cfg = tiny_model.TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, vision_depth=1, vision_embed_dim=32,
+                                     min_pixels=84 * 84 // 2, max_pixels=84 * 84)
+    processor = tiny_model.build_processor(texts, cfg)
+    sft = _sft(out, per_device_train_batch_size=2, learning_rate=1e-2, max_steps=8, save_strategy="steps", save_steps=4, **sft_kw)
+    trainer, qc, stats = training.make_trainer(data, train_config.PartsArguments(freeze_vision=False, freeze_merger=False),
+                                          ModelConfig(model_name_or_path="tiny", use_peft=False), sft, model=tiny_model.build_model(processor, cfg),
+                                          processor=processor, cache_dir=str(root / "cache"))
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = stop_at is not None and state.global_step >= stop_at
+
+    trainer.add_callback(Stop())
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.qid = (qc, stats)
+    return trainer
+
+
+def test_full_fine_tuning_resumes_to_the_last_bit(eight, tmp_path):
+    """transformers 5 saves Qwen-VL weights under the published key names; the trainer's own resume matched none of them,
+    warned, and trained on from fresh weights (loss back to the start)."""
+    root, data, rows = eight
+    texts = [r["completion"][0]["content"][0]["text"] for r in rows]
+    whole = _resumable_run(root, data, texts, tmp_path / "whole")
+    _resumable_run(root, data, texts, tmp_path / "part", stop_at=4)
+    resumed = _resumable_run(root, data, texts, tmp_path / "part", resume=str(tmp_path / "part" / "checkpoint-4"))
+    a, b = dict(whole.model.named_parameters()), dict(resumed.model.named_parameters())
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    losses = [[e["loss"] for e in t.state.log_history if "loss" in e] for t in (whole, resumed)]
+    assert losses[1] == losses[0][4:]  # the resumed run logs steps 5-8 only, and they are the uninterrupted run's
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_is_an_error(eight, memorised, tmp_path):
+    root, data, rows = eight
+    _, _, _, memorised_out, _ = memorised  # another, larger tiny model: its weights fit no key shape of this one
+    texts = [r["completion"][0]["content"][0]["text"] for r in rows]
+    with pytest.raises(ValueError, match="do not fit the model"):
+        _resumable_run(root, data, texts, tmp_path / "other", resume=str(memorised_out))
+
+
+def test_no_token_is_written_to_any_file_of_the_run(eight, tmp_path, monkeypatch):
+    root, data, rows = eight
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    secret = "hf_" + "QidSecretToken" * 3
+    texts = [r["completion"][0]["content"][0]["text"] for r in rows]
+    trainer = _resumable_run(root, data, texts, tmp_path / "run", hub_token=secret)
+    training.save_trained(trainer, trainer.processing_class, *trainer.qid)
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert any(p.name == "training_args.bin" for p in files) and any("checkpoint-8" in str(p) for p in files)
+    leaked = [str(p) for p in files if secret.encode() in p.read_bytes()]
+    assert not leaked
+    assert os.environ["HF_TOKEN"] == secret  # pushes during training still authenticate
+
+
+def test_a_full_disk_while_predicting_names_the_file_and_a_rerun_resumes(eight, memorised, small_disk, capsys):
+    root, data, _ = eight
+    *_, out, _ = memorised
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (60 * 1024))  # about 2 KiB left: a record or two, not eight
+    preds = small_disk / "preds.jsonl"
+    assert cli.main(["predict", str(out), "--data_dir", data.data_dir, "--split", "train", "--out", str(preds), "--batch_size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert f"no space left on the device while writing {preds}" in err and "a rerun resumes" in err
+    filler.unlink()
+    assert cli.main(["predict", str(out), "--data_dir", data.data_dir, "--split", "train", "--out", str(preds), "--batch_size", "8"]) == 0
+    records = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert sorted(r["image_id"] for r in records) == sorted(set(r["image_id"] for r in records)) and len(records) == 8
+
+
+def test_a_checkpoint_holding_an_unsafe_pickle_is_refused_naming_the_file(eight, tmp_path, capsys):
+    import pickle
+
+    _, data, _ = eight
+    flags = ["--data_dir", data.data_dir, "--tiny", "true", "--use_peft", "false", "--min_pixels", "3528", "--max_pixels", "7056",
+             "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--bf16", "false",
+             "--activation_checkpointing", "false", "--report_to", "none", "--dataloader_num_workers", "0", "--save_strategy", "steps",
+             "--save_steps", "1"]
+    assert cli.main(["train", *flags, "--max_steps", "1"]) == 0
+    checkpoint = tmp_path / "out" / "checkpoint-1"
+
+    class Hostile:  # what a downloaded checkpoint could hold: a pickle that calls a function when loaded
+        def __reduce__(self):
+            return (print, ("this ran while loading",))
+
+    (checkpoint / "rng_state.pth").write_bytes(pickle.dumps(Hostile()))
+    assert cli.main(["train", *flags, "--max_steps", "2", "--resume_from_checkpoint", str(checkpoint)]) == 2
+    captured = capsys.readouterr()
+    assert f"{checkpoint / 'rng_state.pth'}: refused to load" in captured.err and "move it away" in captured.err
+    assert "weights_only" not in captured.err and "please report" not in captured.err and "this ran" not in captured.out

@@ -61,31 +61,6 @@ class DemoArguments:
             raise ValueError(f"curve_points must be between 0 and max_steps ({self.max_steps}), not {self.curve_points}.")
 
 
-def _curve_callback(points: int, max_steps: int, score):
-    """Scores the model at ``points`` evenly spaced steps: step, training seconds so far (batch loading included, scoring
-    not) and the scores; ``scoring`` is the time the scores took."""
-    from transformers import TrainerCallback
-
-    class HeldOutCurve(TrainerCallback):
-        def __init__(self):
-            self.marks = {round(max_steps * (k + 1) / points) for k in range(points)}
-            self.trained = self.scoring = 0.0
-            self.curve: list[dict] = []
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.clock = time.perf_counter()
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            now = time.perf_counter()
-            self.trained += now - self.clock  # since the last step ended: the batch's loading and the step
-            if state.global_step in self.marks:
-                self.curve.append({"step": state.global_step, "train_seconds": round(self.trained, 1), **score(model)})
-            self.clock = time.perf_counter()
-            self.scoring += self.clock - now
-
-    return HeldOutCurve()
-
-
 def run_demo(args: DemoArguments, progress=print) -> dict:
     """Run the demo; return the report (also written to ``args.out``)."""
     import torch
@@ -101,6 +76,8 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
     from ..models.config import FAMILY_BOX_FORMATS
     from ..train import config as train_config
     from ..train import sft as training
+    from ..train.callbacks import evaluate_at
+    from ..train.mixture import build_mixture
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -127,7 +104,7 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
     progress(f"[2/6] instruction data: {args.mix} ({box_format} box format)")
     data_args = train_config.DataArguments(data_dir=str(data_dir), mix=args.mix, display_name="Shapes", build_seed=args.seed)
     cache = str(out / "hf_cache")
-    train_rows = training.build_mixture(data_args, "train", cache_dir=cache, box_format=box_format, min_pixels=tiny.min_pixels,
+    train_rows = build_mixture(data_args, "train", cache_dir=cache, box_format=box_format, min_pixels=tiny.min_pixels,
                                         max_pixels=tiny.max_pixels)
     texts = tiny_model.row_texts(train_rows.select_columns(["prompt", "completion"]))
     timings["build"] = time.perf_counter() - start - sum(timings.values())
@@ -142,11 +119,15 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
         output_dir=str(out / "model"), max_steps=args.max_steps, per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
         lr_scheduler_type="cosine", warmup_steps=max(1, int(0.03 * args.max_steps)), weight_decay=0.0, logging_steps=max(1, args.max_steps // 20),
         save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False, activation_checkpointing=False, seed=args.seed,
-        data_seed=args.seed, dataloader_num_workers=0, max_length=1024, disable_tqdm=False,
+        data_seed=args.seed, dataloader_num_workers=0, max_length=1024, disable_tqdm=False, per_device_eval_batch_size=32,
     )
     model_args = ModelConfig(model_name_or_path=f"tiny {args.family} (random init)", use_peft=False)
     parts = train_config.PartsArguments(freeze_vision=False, freeze_merger=False, freeze_llm=False)
+    if args.curve_points:  # the trainer scores the held-out images at the curve's steps (the library's detection scores)
+        data_args.eval_split, data_args.eval_detection_images = "validation", args.val_images
     trainer, qid_config, stats = training.make_trainer(data_args, parts, model_args, sft, model=model, processor=processor, cache_dir=cache)
+    if args.curve_points:
+        trainer.add_callback(evaluate_at()({round(args.max_steps * (k + 1) / args.curve_points) for k in range(args.curve_points)}))
     val = load_split("detection", "validation", cache_dir=cache, data_dir=data_args.data_dir, display_name=data_args.display_name,
                      seed=data_args.build_seed, **training.target_options(processor, qid_config.box_format))
 
@@ -154,19 +135,11 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
         return inference.predict_and_score(model, processor, val, path, qid_config.box_format,
                                             inference.default_max_new_tokens(qid_config.max_answer_tokens), qid_config.categories, out_dir)
 
-    def score(_model) -> dict:  # one point of the learning curve (the trainer's model is ``model``)
-        report, _ = predict(out / "curve_predictions.jsonl")
-        d = report["det_iou50"]
-        return {"f1": d["f1"], "precision": d["precision"], "recall": d["recall"], "AP50": report["coco_map"]["AP50"]}
-
-    curve = _curve_callback(args.curve_points, args.max_steps, score) if args.curve_points else None
-    if curve:
-        trainer.add_callback(curve)
     t = time.perf_counter()
     result = trainer.train()
-    timings["train"] = time.perf_counter() - t - (curve.scoring if curve else 0.0)
-    if curve:
-        timings["curve_scoring"] = curve.scoring
+    timings["train"] = time.perf_counter() - t - trainer.evaluation_seconds
+    if args.curve_points:
+        timings["curve_scoring"] = trainer.evaluation_seconds
     model_dir = training.save_trained(trainer, processor, qid_config, stats)
 
     progress(f"[5/6] predicting and scoring {args.val_images} held-out images")
@@ -182,11 +155,11 @@ def run_demo(args: DemoArguments, progress=print) -> dict:
     report["demo"] = {
         "arguments": asdict(args), "parameters": n_params, "train_rows": stats["train_rows"],
         "dropped_long_samples": stats["dropped_long_samples"], "final_train_loss": result.training_loss,
-        "seconds": {k: round(v, 1) for k, v in timings.items()}, "predict_counts": counts, "model_dir": str(model_dir),
+        "seconds": {k: round(v, 3) for k, v in timings.items()}, "predict_counts": counts, "model_dir": str(model_dir),
         "grid": str(pictures[-1]),
     }
-    if curve:
-        report["demo"]["curve"] = curve.curve
+    if args.curve_points:
+        report["demo"]["curve"] = [{**point, "train_seconds": round(point["train_seconds"], 3)} for point in trainer.detection_scores.history]
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
 

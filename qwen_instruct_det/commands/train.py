@@ -8,13 +8,17 @@ never knows the difference.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..models.config import FAMILY_BOX_FORMATS
+from ..train.callbacks import unsafe_checkpoint_error
 from ..train.config import DataArguments, PartsArguments
-from ..train.sft import build_mixture, make_trainer, save_trained
+from ..train.mixture import build_mixture
+from ..train.sft import make_trainer, save_trained
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +34,12 @@ class TinyArguments:
 def make_parser():
     from trl import ModelConfig, SFTConfig, TrlParser
 
-    return TrlParser((DataArguments, PartsArguments, TinyArguments, ModelConfig, SFTConfig))
+    from .cli import HelpFormatter
+
+    parser = TrlParser((DataArguments, PartsArguments, TinyArguments, ModelConfig, SFTConfig), prog="qid train", allow_abbrev=False, formatter_class=HelpFormatter,
+                       description="Fine-tune a Qwen-VL model with TRL's SFTTrainer and PEFT LoRA on instruction data built from a COCO-format folder. Every option below can also be set in a YAML recipe: --config FILE (flags override it).")
+    parser.add_argument("--config", default=argparse.SUPPRESS, help="A YAML recipe whose keys are the options below (configs/*.yaml).")
+    return parser
 
 
 def tiny_model_and_processor(data: DataArguments, parts: PartsArguments, family: str):
@@ -54,7 +63,10 @@ def main(argv: list[str] | None = None) -> Path:
         model, processor = tiny_model_and_processor(data, parts, tiny.tiny_family)
         model_args.model_name_or_path = f"qwen_instruct_det tiny {tiny.tiny_family} (random init)"
     trainer, qid_config, stats = make_trainer(data, parts, model_args, sft_config, model=model, processor=processor)
-    trainer.train(resume_from_checkpoint=sft_config.resume_from_checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=sft_config.resume_from_checkpoint)
+    except pickle.UnpicklingError as e:  # torch's own message asks to load it unsafely and names no file
+        raise unsafe_checkpoint_error(sft_config.resume_from_checkpoint, sft_config.output_dir) from e
     out = save_trained(trainer, trainer.processing_class, qid_config, stats)
     logger.info("saved to %s (%d over-long samples dropped)", out, stats["dropped_long_samples"])
     return out

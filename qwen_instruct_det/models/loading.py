@@ -24,11 +24,26 @@ logger = logging.getLogger(__name__)
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
+def check_source(name_or_path: str) -> str:
+    """``name_or_path`` if it is a local folder or reads as a Hub id (``name`` or ``user/name``); a path that does not exist is
+    named as a missing path (transformers would go looking for it on the Hub and report a connection error)."""
+    text = str(name_or_path)
+    first = text.split("/", 1)[0]
+    # "./x", "/x", "~/x", "a/b/c" are paths; "user/name" is a Hub id unless "user" is a folder here ("outputs/run")
+    local = text.startswith((".", "/", "~")) or text.count("/") > 1 or Path(text).exists() or ("/" in text and Path(first).is_dir())
+    if local and not Path(text).expanduser().is_dir():
+        parent = Path(text).expanduser().parent
+        near = sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name.startswith(Path(text).name[:3]))[:3] if parent.is_dir() else []
+        raise FileNotFoundError(f"{text}: no such folder. Pass a model folder (one qid train or qid merge wrote, or a checkpoint) or a "
+                                f"Hub id such as Qwen/Qwen2-VL-2B-Instruct" + (f"; folders nearby: {', '.join(near)}" if near else "") + ".")
+    return text
+
+
 def load_processor(name_or_path: str, min_pixels: int | None = None, max_pixels: int | None = None, trust_remote_code: bool = False):
     """The checkpoint's processor, keeping its own image budget unless ``min_pixels``/``max_pixels`` override it."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    processor = AutoProcessor.from_pretrained(check_source(name_or_path), trust_remote_code=trust_remote_code)
     ImageBudget.set_on(processor, min_pixels, max_pixels)
     return processor
 
@@ -41,8 +56,15 @@ def load_model(name_or_path: str, dtype: str | None = None, attn_implementation:
 
     torch_dtype = getattr(torch, dtype) if dtype not in (None, "auto") else dtype
     return AutoModelForImageTextToText.from_pretrained(
-        name_or_path, dtype=torch_dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, device_map=device_map
+        check_source(name_or_path), dtype=torch_dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, device_map=device_map
     )
+
+
+def checkpoint_family(name_or_path: str, trust_remote_code: bool = False) -> str | None:
+    """A checkpoint's ``model_type`` (its Qwen-VL family) from its config alone, before any weight loads."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(check_source(name_or_path), trust_remote_code=trust_remote_code).model_type
 
 
 def load_trained(path: str, base_model: str | None = None, *, trainable: bool = False, min_pixels: int | None = None,
@@ -66,6 +88,8 @@ def load_trained(path: str, base_model: str | None = None, *, trainable: bool = 
         if not base:
             raise ValueError(f"{adapter}: the adapter names no base model; pass base_model (--base_model) or set "
                              "base_model_name_or_path in it.")
+        if base_model is None and not Path(base).is_absolute() and not Path(base).exists() and (folder / base).is_dir():
+            base = str(folder / base)  # saved relative to where training ran; found beside the adapter
         model = PeftModel.from_pretrained(load_model(base, **load), str(folder), is_trainable=trainable)
     else:
         model = load_model(str(path), **load)
@@ -100,6 +124,9 @@ def load_for_inference(path: str, base_model: str | None = None, dtype: str | No
 
 def merge(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, base_model: str | None = None) -> Path:
     """Fold a LoRA adapter into its base model; save the standalone model, processor and qid config."""
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise ValueError(f"{adapter_dir}: is not a LoRA adapter (no adapter_config.json): a full or already merged model has nothing to "
+                         "merge; use it as it is (qid predict, qid push model).")
     model, processor, qc = load_for_inference(str(adapter_dir), base_model=base_model)
     merged = model.merge_and_unload()
     out = Path(out_dir)

@@ -21,9 +21,19 @@ class _TrainingData:
     """Which instruction data to train on; the builder's options follow (declared once, in the builder)."""
 
     data_dir: str | None = field(default=None, metadata={"help": "COCO-2017-layout folder (qid synth writes one)."})
-    mix: str = field(default="detection=1.0", metadata={"help": "Configurations and sampling ratios, e.g. 'detection=0.6,count=0.2,full_region=0.2'."})
+    mix: str = field(default="detection=1.0", metadata={"help": "Configurations and their shares, the first the anchor, e.g. 'detection=0.5,count=0.125,"
+                                                               "full_region=0.125': an epoch holds every row of the first once and the others "
+                                                               "at their share relative to it (see mix_epoch)."})
+    mix_epoch: str = field(default="anchor", metadata={"help": "What one epoch holds: 'anchor' (every row of mix's first configuration once, "
+                                                               "the others drawn at their share of it, afresh each epoch) or 'every_row' (every "
+                                                               "row of every configuration once: the seed project's protocol; shares ignored)."})
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    eval_split: str | None = field(default=None, metadata={"help": "Split for evaluation loss (None: no evaluation during training)."})
+    eval_split: str | None = field(default=None, metadata={"help": "Split for evaluation loss (None: no evaluation during training); "
+                                                                    "its mixture follows mix and mix_epoch, drawn once."})
+    eval_detection_images: int = field(default=0, metadata={"help": "At each evaluation, generate on this many images of eval_split (a "
+                                                                    "seeded subset) and log eval_f1, eval_precision, eval_recall and eval_AP50 "
+                                                                    "beside the loss; metric_for_best_model f1 then picks the best "
+                                                                    "checkpoint. 0: off."})
     box_format: str | None = field(default=None, metadata={"help": "Box format of the targets: qwen2, qwen2_5 or qwen3 (default: the model "
                                                                     "family's; a different one warns and is recorded)."})
     build_seed: int = field(default=0, metadata={"help": "Seed the instruction data is built (regions, subsets) and mixed with: the builder's seed."})

@@ -70,14 +70,16 @@ def make_rewards(args: GrpoArguments, qc: QidModelConfig, processor, end_ids: li
     return [made[name]() for name in args.rewards]
 
 
-def detection_rows(args: GrpoArguments, qc: QidModelConfig, split: str, cache_dir: str | None = None):
-    """The ``detection`` configuration's split, with the columns GRPO and the rewards read."""
+def detection_rows(args: GrpoArguments, qc: QidModelConfig, split: str, cache_dir: str | None = None, built: bool = False):
+    """The ``detection`` configuration's split, with the columns GRPO and the rewards read (``built``: the split as built)."""
     from ..data.splits import load_split
 
     if not args.data_dir:
         raise ValueError("data_dir is not set: point it at a COCO-2017-layout folder (qid synth writes one).")
     rows = load_split("detection", split, cache_dir=cache_dir, data_dir=args.data_dir, subset=args.subset, box_format=qc.box_format,
                       display_name=qc.display_name, seed=args.build_seed, **qc.budget.as_options())
+    if built:
+        return rows
     return decode_named(rows.select_columns(["images", "prompt", "completion", "objects", "width", "height"]))  # broken files named
 
 
@@ -87,17 +89,19 @@ def make_trainer(args: GrpoArguments, model_args, grpo_config, cache_dir: str | 
     ``reward_funcs`` (TRL reward functions) replace the ones ``args.rewards`` names, for a reward of your own.
     """
     from peft import PeftModel
-    from trl import GRPOTrainer, get_peft_config
+    from trl import get_peft_config
 
-    from .sft import token_lengths
+    from .callbacks import grpo_trainer
+    from .lengths import token_lengths
+    from .sft import hub_token_out_of_args
 
     if not model_args.model_name_or_path:
         raise ValueError("model_name_or_path is not set: give a qid train output folder or a checkpoint.")
     model, processor, qc = load_start(model_args.model_name_or_path, args, model_args)
-    train = detection_rows(args, qc, args.train_split, cache_dir)
     if not qc.max_answer_tokens:  # a plain checkpoint: the answer budget from this data
-        qc.max_answer_tokens = max(token_lengths(train, processor)[1], default=None)
-    train = train.remove_columns("completion")
+        answers = token_lengths(detection_rows(args, qc, args.train_split, cache_dir, built=True), processor)[1]
+        qc.max_answer_tokens = int(answers.max()) if len(answers) else None
+    train = detection_rows(args, qc, args.train_split, cache_dir).remove_columns("completion")
     evaluation = detection_rows(args, qc, args.eval_split, cache_dir).remove_columns("completion") if args.eval_split else None
     peft_config = get_peft_config(model_args)
     if isinstance(model, PeftModel):
@@ -109,7 +113,8 @@ def make_trainer(args: GrpoArguments, model_args, grpo_config, cache_dir: str | 
     else:
         set_trainable_parts(model, args.trainable_parts())
     reward_funcs = reward_funcs or make_rewards(args, qc, processor, end_token_ids(model, processor.tokenizer))
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=grpo_config, train_dataset=train, eval_dataset=evaluation,
+    hub_token_out_of_args(grpo_config)
+    trainer = grpo_trainer()(model=model, reward_funcs=reward_funcs, args=grpo_config, train_dataset=train, eval_dataset=evaluation,
                           processing_class=processor, peft_config=peft_config)
     summary = trainable_summary(trainer.model)
     logger.info("trainable parameters per part:\n%s", format_summary(summary))

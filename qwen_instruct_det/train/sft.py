@@ -16,65 +16,21 @@ train --config ...`` runs the same command on many devices).
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import asdict
 from pathlib import Path
 
 from ..budget import ImageBudget
 from ..data.builder import builder_kwargs as builder_kwargs_of
 from ..data.images import decode_named, undecoded
-from ..data.objects import TASKS
-from ..data.splits import category_names
+from ..data.splits import split_files
+from ..models.card import model_card
 from ..models.config import QidModelConfig, box_format_for, model_type
 from ..models.parts import format_summary, set_lora_targets, set_trainable_parts, trainable_summary
 from .config import DataArguments, PartsArguments
+from .mixture import builder_options, load_mixture, parse_mix
 
 logger = logging.getLogger(__name__)
-
-
-def parse_mix(mix: str) -> dict[str, float]:
-    """'detection=0.6,count=0.4' (or 'detection,count' for equal parts) to normalised ratios."""
-    ratios: dict[str, float] = {}
-    for item in [m.strip() for m in mix.split(",") if m.strip()]:
-        name, _, value = item.partition("=")
-        if name not in TASKS:
-            raise ValueError(f"mix names {name!r}; choose from {list(TASKS)}.")
-        try:
-            ratios[name] = float(value) if value else 1.0
-        except ValueError:
-            raise ValueError(f"mix ratio for {name!r} must be a number, got {value!r}.") from None
-        if ratios[name] <= 0:
-            raise ValueError(f"mix ratio for {name!r} must be positive.")
-    if not ratios:
-        raise ValueError("mix is empty; give at least one configuration, e.g. 'detection=1.0'.")
-    total = sum(ratios.values())
-    return {k: v / total for k, v in ratios.items()}
-
-
-def build_mixture(data: DataArguments, split: str, cache_dir: str | None = None, **builder_kwargs):
-    """The configurations of ``data.mix`` for ``split``, interleaved with their ratios (seeded).
-
-    Images are opened with :func:`images.open_image` as rows are read, so a file that cannot be
-    decoded mid-training is named (:func:`images.decode_named`).
-
-    ``builder_kwargs`` (e.g. ``box_format``, ``min_pixels``, ``max_pixels``) go to every configuration's builder.
-    """
-    import datasets
-
-    from ..data.splits import load_split
-
-    if not data.data_dir:
-        raise ValueError("data_dir is not set: point it at a COCO-2017-layout folder (qid synth writes one).")
-    ratios = parse_mix(data.mix)
-    columns = ["images", "prompt", "completion", "task", "width", "height"]
-    options = {**builder_kwargs_of(data), "seed": data.build_seed}
-    if data.box_format is not None:
-        options["box_format"] = data.box_format
-    options.update(builder_kwargs)
-    # images cast to undecoded before the shuffle (ten times cheaper), decoded by open_image when read (a broken file is named)
-    parts = [undecoded(load_split(name, split, cache_dir=cache_dir, **options).select_columns(columns)) for name in ratios]
-    if len(parts) == 1:
-        return decode_named(parts[0].shuffle(seed=data.build_seed))
-    mixed = datasets.interleave_datasets(parts, probabilities=list(ratios.values()), seed=data.build_seed, stopping_strategy="all_exhausted")
-    return decode_named(mixed)
 
 
 def target_options(processor, box_format: str) -> dict:
@@ -82,82 +38,124 @@ def target_options(processor, box_format: str) -> dict:
     return {"box_format": box_format, **ImageBudget.of(processor).as_options()}
 
 
-def token_lengths(dataset, processor) -> tuple[list[int], list[int]]:
-    """(whole-sample, answer) token counts per row, image tokens included, without decoding images."""
-    tok = processor.tokenizer
-    prompts, answers = [], []
-    n_image = ImageBudget.of(processor).image_tokens(dataset["width"], dataset["height"]).tolist()
-    for row in dataset.select_columns(["prompt", "completion"]):
-        prompt = processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
-        full = processor.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
-        prompts.append(prompt)
-        answers.append(full[len(prompt):])
-    p_len = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
-    a_len = [len(ids) for ids in tok(answers, add_special_tokens=False)["input_ids"]]
-    return [p + a + n - 1 for p, a, n in zip(p_len, a_len, n_image)], a_len
-
-
-def drop_long(dataset, processor, max_length: int | None):
-    """Rows that fit ``max_length`` tokens; returns (dataset, number dropped, longest answer in tokens)."""
-    total, answer = token_lengths(dataset, processor)
-    longest = max(answer) if answer else 0
-    if max_length is None:
-        return dataset, 0, longest
-    keep = [i for i, n in enumerate(total) if n <= max_length]
-    dropped = len(total) - len(keep)
-    if dropped:
-        logger.warning("dropped %d of %d samples longer than max_length=%d tokens (image tokens included); "
-                       "raise max_length or lower max_pixels to keep them", dropped, len(total), max_length)
-    kept_answers = [answer[i] for i in keep]
-    return dataset.select(keep), dropped, max(kept_answers) if kept_answers else 0
-
-
 def make_trainer(data: DataArguments, parts: PartsArguments, model_args, sft_config, model=None, processor=None, cache_dir=None):
-    """An ``SFTTrainer`` ready to train, the :class:`QidModelConfig` that travels with its output, and the run's statistics."""
-    from trl import SFTTrainer, get_peft_config
+    """An ``SFTTrainer`` ready to train, the :class:`QidModelConfig` that travels with its output, and the run's statistics.
 
-    from ..models.loading import load_model, load_processor
+    The configurations of ``data.mix`` are drawn by the epoch rule of :mod:`~qwen_instruct_det.train.mixture`; rows longer
+    than ``max_length`` are left out and counted (their lengths measured once per built split and kept with it); the
+    schedule (rows per epoch, samples, optimizer steps) is logged before the first step and saved with the run.
+    """
+    from trl import get_peft_config
 
-    categories = category_names(data.train_split, **builder_kwargs_of(data))  # the data is checked before any model loads
+    from ..models.loading import checkpoint_family, load_model, load_processor
+    from .callbacks import CheckpointFiles, sft_trainer
+
+    if data.eval_detection_images and not data.eval_split:
+        raise ValueError(f"eval_detection_images={data.eval_detection_images} scores held-out images of eval_split, which is not set; "
+                         "pass --eval_split validation (or set eval_detection_images 0).")
+    for split in filter(None, (data.train_split, data.eval_split)):  # the layout first, before any model file is read
+        split_files(split, **builder_kwargs_of(data))
     if processor is None:
         processor = load_processor(model_args.model_name_or_path, parts.min_pixels, parts.max_pixels,
                                    trust_remote_code=getattr(model_args, "trust_remote_code", False))
     else:
         ImageBudget.set_on(processor, parts.min_pixels, parts.max_pixels)
-    if model is None:
-        model = load_model(model_args.model_name_or_path, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation,
-                           trust_remote_code=getattr(model_args, "trust_remote_code", False))
-    family = model_type(model)
+    family = model_type(model) if model is not None else checkpoint_family(model_args.model_name_or_path,
+                                                                           getattr(model_args, "trust_remote_code", False))
     box_format = box_format_for(family, data.box_format)
     targets = target_options(processor, box_format)  # the budget the processor trains with builds the targets
-    train = build_mixture(data, data.train_split, cache_dir=cache_dir, **targets)
-    train, dropped, longest = drop_long(train, processor, sft_config.max_length)
-    evaluation = None
-    if data.eval_split:
-        evaluation, _, _ = drop_long(build_mixture(data, data.eval_split, cache_dir=cache_dir, **targets), processor, sft_config.max_length)
-    sft_config.max_length = None  # over-long rows were dropped above; never let the collator truncate image tokens
+    with sft_config.main_process_first(desc="instruction data and token lengths"):  # rank 0 builds and measures; the others read
+        train = _measured(data, data.train_split, processor, sft_config.max_length, cache_dir, targets)  # the data, checked
+        evaluation = _measured(data, data.eval_split, processor, sft_config.max_length, cache_dir, targets) if data.eval_split else None
+        longest = train.longest_answer()
+        categories = train.categories
+        scoring = _detection_scores(data, processor, box_format, categories, longest, sft_config, cache_dir, targets)
+    if model is None:  # after the data: a mistake there stops before gigabytes of weights load
+        model = load_model(model_args.model_name_or_path, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation,
+                           trust_remote_code=getattr(model_args, "trust_remote_code", False))
+    arguments = {"data": asdict(data), "parts": asdict(parts), "model": asdict(model_args), "max_length": sft_config.max_length}
+    sft_config.max_length = None  # over-long rows were left out above; never let the collator truncate image tokens
     trainable = parts.trainable_parts()
     peft_config = get_peft_config(model_args)
     if peft_config is not None:
         set_lora_targets(peft_config, model, trainable, model_args)
     else:
         set_trainable_parts(model, trainable)
-    trainer = SFTTrainer(model=model, args=sft_config, train_dataset=train, eval_dataset=evaluation, processing_class=processor,
-                         peft_config=peft_config)
-    summary = trainable_summary(trainer.model)
-    logger.info("trainable parameters per part:\n%s", format_summary(summary))
-    stats = {"dropped_long_samples": dropped, "train_rows": len(train), "trainable": summary}
     qid_config = QidModelConfig(
         box_format=box_format, model_type=family, **ImageBudget.of(processor).as_options(), max_answer_tokens=longest,
         base_model=model_args.model_name_or_path, data=data.data_dir, display_name=data.display_name,
-        categories=categories,
-        train_configs=parse_mix(data.mix),
+        categories=categories, train_configs=parse_mix(data.mix),
     )
+    schedule = {"batch_size": sft_config.per_device_train_batch_size, "accumulation": sft_config.gradient_accumulation_steps,
+                "processes": sft_config.world_size, "epochs": sft_config.num_train_epochs, "max_steps": sft_config.max_steps}
+    stats = {"dropped_long_samples": sum(p.dropped for p in train.parts), "train_rows": train.samples_per_epoch,
+             "mixture": train.summary(**schedule), "arguments": arguments}
+    if evaluation is not None:
+        stats["eval_mixture"] = evaluation.summary()
+    hub_token_out_of_args(sft_config)
+    trainer = None
+    files = CheckpointFiles(processor, qid_config, lambda: run_record(trainer, stats))
+    trainer = sft_trainer()(model=model, args=sft_config, train_dataset=decode_named(train.dataset),
+                            eval_dataset=evaluation.drawn(0) if evaluation is not None else None, processing_class=processor,
+                            peft_config=peft_config, mixture=train, detection_scores=scoring, checkpoint_files=files)
+    stats["trainable"] = trainable_summary(trainer.model)
+    logger.info("trainable parameters per part:\n%s", format_summary(stats["trainable"]))
+    logger.info("training data, %s split:\n%s", data.train_split, train.table(**schedule))
     return trainer, qid_config, stats
 
 
+def _measured(data, split: str, processor, max_length: int | None, cache_dir, targets: dict):
+    """The split's mixture with every row's token lengths measured and the rows longer than ``max_length`` left out."""
+    mixture = load_mixture(data, split, cache_dir=cache_dir, **targets)
+    mixture.measure(processor)
+    mixture.keep_shorter(max_length)
+    return mixture
+
+
+def _detection_scores(data, processor, box_format: str, categories, longest: int, sft_config, cache_dir, targets: dict):
+    """The held-out rows generated on at each evaluation (a seeded subset of the eval split's detection rows), or None."""
+    if not data.eval_detection_images:
+        return None
+    import numpy as np
+
+    from ..data.splits import crowd_regions, load_split
+    from ..models.inference import default_max_new_tokens
+    from .callbacks import DetectionScores
+
+    options = builder_options(data, **targets)
+    rows = load_split("detection", data.eval_split, cache_dir=cache_dir, **options)
+    if data.eval_detection_images > len(rows):
+        raise ValueError(f"eval_detection_images={data.eval_detection_images} is more than the {len(rows)} images of split "
+                         f"{data.eval_split!r}; lower it to at most {len(rows)}.")
+    pick = np.sort(np.random.default_rng(data.build_seed).choice(len(rows), data.eval_detection_images, replace=False))
+    crowd = crowd_regions(data.eval_split, **builder_kwargs_of(data))
+    return DetectionScores(list(undecoded(rows.select(pick))), processor, box_format, categories or None, default_max_new_tokens(longest),
+                           sft_config.per_device_eval_batch_size, crowd)
+
+
+def hub_token_out_of_args(args) -> None:
+    """Move ``--hub_token`` from the trainer's arguments to ``HF_TOKEN`` for this process, where pushes still find it: the
+    trainer pickles its arguments into ``training_args.bin`` in the output folder and in every checkpoint."""
+    token = getattr(args, "hub_token", None)
+    if token:
+        os.environ["HF_TOKEN"] = token
+        args.hub_token = None
+
+
+def run_record(trainer, stats: dict | None = None) -> dict:
+    """What ``training_args.json`` holds: the trainer's arguments (plain values, ``max_length`` as given: the collator's is
+    off, rows longer were left out), our arguments (``arguments``: data, parts, model and LoRA) and the run's statistics."""
+    recipe = {k: v for k, v in trainer.args.to_dict().items() if isinstance(v, (str, int, float, bool, type(None)))}
+    recipe.update(stats or {})
+    if "arguments" in recipe:
+        recipe["max_length"] = recipe["arguments"]["max_length"]
+    recipe["world_size"] = trainer.args.world_size
+    return recipe
+
+
 def save_trained(trainer, processor, qid_config: QidModelConfig, stats: dict | None = None, output_dir: str | None = None) -> Path:
-    """Save the adapter (or model), the processor, ``qid_config.json`` and the recipe with the run's ``stats`` together."""
+    """Save the adapter (or model), the processor, ``qid_config.json`` and the recipe with the run's ``stats`` together;
+    with detection scores in the log, their curve too (``detection_curve.png``)."""
     import json
 
     out = Path(output_dir or trainer.args.output_dir)
@@ -166,8 +164,14 @@ def save_trained(trainer, processor, qid_config: QidModelConfig, stats: dict | N
         return out
     processor.save_pretrained(str(out))
     qid_config.save(out)
-    recipe = {k: v for k, v in trainer.args.to_dict().items() if isinstance(v, (str, int, float, bool, type(None)))}
-    recipe.update(stats or {})
-    recipe["world_size"] = trainer.args.world_size
-    (out / "training_args.json").write_text(json.dumps(recipe, indent=2, default=str))
+    record = run_record(trainer, stats)
+    (out / "training_args.json").write_text(json.dumps(record, indent=2, default=str))
+    curve = [entry for entry in trainer.state.log_history if "eval_f1" in entry]
+    if curve:
+        from ..eval.curves import save_panels
+
+        series = {name: [(entry["step"], entry[f"eval_{name}"]) for entry in curve] for name in ("f1", "precision", "recall", "AP50")}
+        save_panels([("held-out detection by step", series)], out / "detection_curve.png")
+    kind = "adapter" if (out / "adapter_config.json").is_file() else "model"
+    model_card(out, kind, recipe=record)  # the library's card, in place of TRL's generic one
     return out

@@ -1,4 +1,7 @@
-"""Line charts for the benchmarks: matplotlib when installed, else Pillow (this machine has no matplotlib)."""
+"""Line charts of scores against steps or seconds (a training run's detection curve, the benchmarks' curves).
+
+matplotlib draws them when it is installed, else Pillow (a core dependency), so a chart never needs an extra install.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import numpy as np
 Panel = tuple[str, dict[str, list[tuple[float, float]]]]  # title, series name -> (x, y) points
 
 
-def save_panels(panels: list[Panel], path: Path) -> str:
+def save_panels(panels: list[Panel], path: str | Path) -> str:
     """One chart per panel, side by side, saved as ``path``; returns the backend used."""
     try:
         import matplotlib
