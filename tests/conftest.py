@@ -69,3 +69,18 @@ def built(shapes_dir, tmp_path_factory):
         name: datasets.load_dataset("qwen_instruct_det", name, data_dir=str(shapes_dir), cache_dir=str(cache))
         for name in ("detection", "count", "full_region", "partial_region", "none_region")
     }
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on its own tiny filesystem (a tmpfs of 64 KiB): writing more fills the disk for real. Needs mount rights."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "small_disk"
+    folder.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+                                                       capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root): the full-disk path is not exercised")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)

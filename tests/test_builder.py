@@ -255,6 +255,16 @@ def test_skips_are_counted(shapes_dir, tmp_path):
     assert len(ds) + builder.skipped["train"]["objects_without_region"] == n_objects
 
 
+def test_skip_counts_and_category_names_survive_the_cache(shapes_dir, tmp_path):
+    """A configuration read back from the cache reports what its build left out and which classes its rows are about
+    (main printed '-' for every skip column of a cached build, and the card said nothing was skipped)."""
+    first, _ = _build(shapes_dir, tmp_path, "count", categories=["plus sign", "circle"])
+    again, _ = _build(shapes_dir, tmp_path, "count", categories=["plus sign", "circle"])  # a new builder: read from the cache
+    assert again.skipped == first.skipped and again.skipped["train"]["images_with_crowd"] > 0
+    assert again.categories == first.categories == {"train": ["circle", "plus sign"], "validation": ["circle", "plus sign"]}
+    assert splits.category_names("train", data_dir=str(shapes_dir), categories=["plus sign", "circle"]) == ["circle", "plus sign"]
+
+
 def test_options_subset_categories_keep_empty_name_regions(shapes_dir, tmp_path):
     _, ds = _build(shapes_dir, tmp_path / "s", "detection", subset=10, seed=5)
     assert len(ds) == 10
@@ -382,3 +392,14 @@ def test_an_image_whose_size_matches_neither_frame_stops_the_build(shapes_dir, t
     rescaled = QwenInstructDet(config_name="count", data_dir=str(root), cache_dir=str(tmp_path / "c"), on_size_mismatch="rescale")
     rescaled.download_and_prepare()
     assert rescaled.skipped["train"]["size_rescaled"] == 1
+
+
+def test_a_full_disk_during_a_build_says_so_with_the_path_and_leaves_nothing_to_trust(shapes_dir, small_disk, capsys):
+    from qwen_instruct_det.commands.cli import main
+
+    out = small_disk / "built"
+    assert main(["build", str(shapes_dir), "--config", "partial_region", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device while writing partial_region into" in err and str(out) in err
+    assert "unexpected" not in err and "please report" not in err
+    assert not list(out.rglob("dataset_info.json")) and not (out / "summary.json").exists()  # nothing reads as a finished build

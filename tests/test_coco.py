@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 
@@ -209,3 +210,63 @@ def test_a_used_or_partial_supercategory_stays_a_category(copy):
     data["categories"][1]["supercategory"] = "other"  # not every class's parent: not the export's placeholder
     index = load_coco(_write(ann, data), images)
     assert "shapes-dataset" in index.category_names and "placeholder_categories" not in index.skipped
+
+
+# ---------------------------------------------------------------- reads stay inside the image folder
+
+
+@pytest.fixture
+def secret(tmp_path):
+    """A file outside every image folder: what a hostile annotation file would reach for."""
+    from PIL import Image
+
+    path = tmp_path / "secret" / "private.jpg"
+    path.parent.mkdir()
+    Image.new("RGB", (128, 96), (200, 30, 30)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("check_files", [True, False])
+@pytest.mark.parametrize("how", ["climbs", "absolute"])
+def test_a_file_name_that_leaves_the_image_folder_stops_the_build(copy, secret, tmp_path, how, check_files):
+    ann, images, data = copy
+    image = tmp_path / "images"
+    shutil.copytree(images, image)
+    data["images"][3]["file_name"] = "../secret/private.jpg" if how == "climbs" else str(secret)
+    _write(ann, data)
+    with pytest.raises(CocoFormatError, match=rf"image id {data['images'][3]['id']} has file_name .*points outside the image folder.*"
+                                              r"allow_outside_image_dir"):
+        load_coco(ann, image, check_files=check_files)
+    assert load_coco(ann, image, check_files=check_files, allow_outside_image_dir=True).num_images == len(data["images"])  # on purpose
+
+
+def test_a_symlink_to_a_file_outside_stops_the_build_and_a_linked_folder_does_not(copy, secret, tmp_path):
+    ann, images, data = copy
+    image = tmp_path / "images"
+    shutil.copytree(images, image)
+    name = data["images"][5]["file_name"]
+    (image / name).unlink()
+    (image / name).symlink_to(secret)
+    with pytest.raises(CocoFormatError, match=rf"{re.escape(name)} is a link to .*private\.jpg, outside the image folder"):
+        load_coco(ann, image)
+    (image / name).unlink()
+    shutil.copy(images / name, image / name)
+    linked = tmp_path / "linked"
+    linked.symlink_to(image, target_is_directory=True)  # data/coco/train2017 -> a bigger disk: fine
+    assert load_coco(ann, linked).num_images == len(data["images"])
+
+
+def test_the_builder_refuses_an_outside_file_and_its_option_allows_it(copy, secret, tmp_path):
+    ann, images, data = copy
+    image = tmp_path / "images"
+    shutil.copytree(images, image)
+    shutil.copy(images / data["images"][0]["file_name"], secret)  # the size its record states
+    data["images"][0]["file_name"] = "../secret/private.jpg"
+    _write(ann, data)
+    kwargs = {"annotation_files": {"train": str(ann)}, "image_dirs": {"train": str(image)}, "cache_dir": str(tmp_path / "cache")}
+    with pytest.raises(CocoFormatError, match="outside the image folder"):
+        QwenInstructDet(config_name="detection", check_files=False, **kwargs).download_and_prepare()
+    builder = QwenInstructDet(config_name="detection", allow_outside_image_dir=True, **kwargs)
+    builder.download_and_prepare()
+    paths = {os.path.realpath(row[0]["path"]) for row in builder.as_dataset("train").with_format("arrow")["images"].to_pylist()}
+    assert str(secret) in paths

@@ -6,7 +6,6 @@ so ``qid build --help`` lists every option ``load_dataset`` takes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,10 +55,7 @@ class _ExportSwiftCommand:
 def build(args) -> dict:
     """``qid build``: build the asked configurations; return (and with ``out``, write) the summary."""
     builders = build_configs(args.config, cache_dir=args.cache_dir, output_dir=args.out, file_format=args.format, **builder_kwargs(args))
-    summary = {"data_dir": args.data_dir, "configs": build_summary(builders)}
-    if args.out:
-        (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return {"data_dir": args.data_dir, "configs": build_summary(builders)}
 
 
 def export_swift(args) -> int:

@@ -98,12 +98,16 @@ class MergeArguments:
 
 
 def merge(args: MergeArguments) -> Path:
-    from ..hub import model_card
+    from ..models.card import model_card
     from ..models.loading import merge as merge_adapter
 
     out = merge_adapter(args.adapter, args.out, base_model=args.base_model)
     report = Path(args.adapter) / "report.json"
-    model_card(out, "model", report=json.loads(report.read_text()) if report.is_file() else None)
+    record = Path(args.adapter) / "training_args.json"
+    recipe = json.loads(record.read_text()) if record.is_file() else None
+    if recipe is not None:
+        (out / "training_args.json").write_text(record.read_text())  # the merged model keeps the record of its run
+    model_card(out, "model", recipe=recipe, report=json.loads(report.read_text()) if report.is_file() else None)
     return out
 
 
@@ -112,43 +116,51 @@ class PushArguments:
     kind: str = field(metadata={"help": "'dataset', 'adapter' or 'model'.", "positional": True})
     source: str = field(metadata={"help": "dataset: a COCO-layout folder; adapter/model: the folder to publish.", "positional": True})
     repo_id: str | None = field(default=None, metadata={"help": "user/name on the Hub (omit with --dry_run)."})
-    folder: str | None = field(default=None, metadata={"help": "Where to build the dataset folder or stage the model card (default: a temporary folder)."})
+    folder: str | None = field(default=None, metadata={"help": "Where to build the folder that is uploaded: the dataset's Parquet and card, or "
+                                                               "the model's files (linked) and card (default: a temporary folder). Replaced whole."})
     report: str | None = field(default=None, metadata={"help": "report.json from qid evaluate, for the model card."})
     private: bool = field(default=True, metadata={"help": "Create the repo private."})
-    dry_run: bool = field(default=False, metadata={"help": "Build the folder and cards, upload nothing."})
+    dry_run: bool = field(default=False, metadata={"help": "Build the folder and cards, print what would be sent, upload nothing."})
+    include_checkpoints: bool = field(default=False, metadata={"help": "adapter/model: also send the checkpoint-* folders (for resuming "
+                                                                         "elsewhere); never training_args.bin."})
+    max_shard_mb: int = field(default=500, metadata={"help": "dataset: Parquet shard size in MB (the Hub recommends about 500)."})
 
 
 def push(args: PushArguments) -> dict:
-    """Build the exact folder that would be uploaded (cards included), then upload it unless --dry_run.
+    """Build the exact folder that would be uploaded (cards included), report what it holds, then upload it unless --dry_run.
 
-    For an adapter or a model the card is written to ``--folder`` (default: a temporary folder), never
-    into the source folder, and uploaded beside the source's files in one commit.
+    For an adapter or a model the folder links the source's files (never changed) beside the library's card.
     """
     import tempfile
 
-    from ..hub import check_model_folder, dataset_folder, model_card, upload
+    from .. import hub
 
     if args.kind not in ("dataset", "adapter", "model"):
         raise ValueError(f"kind must be 'dataset', 'adapter' or 'model', got {args.kind!r}.")
     if not args.dry_run and not args.repo_id:
         raise ValueError("--repo_id is required to upload (or pass --dry_run to only build the folder).")
     staging = Path(args.folder or tempfile.mkdtemp(prefix=f"qid_{args.kind}_"))
-    extra: dict[str, Path] = {}
+    result: dict = {"kind": args.kind}
     if args.kind == "dataset":
-        folder = dataset_folder(staging, data_dir=args.source)
+        folder = hub.dataset_folder(staging, data_dir=args.source, repo_id=args.repo_id, max_shard_bytes=args.max_shard_mb * 2**20)
+        result["sizes"] = hub.folder_summary(folder)
         repo_type = "dataset"
     else:
-        folder = check_model_folder(args.source, args.kind)
-        if staging.resolve() == folder.resolve():
-            raise ValueError(f"--folder {staging} is the source folder; the card is staged elsewhere so the source stays as it is.")
         report = json.loads(Path(args.report).read_text()) if args.report else None
-        recipe_path = folder / "training_args.json"
-        card = model_card(folder, args.kind, recipe=json.loads(recipe_path.read_text()) if recipe_path.is_file() else None, report=report,
-                          out_dir=staging)
-        extra = {"README.md": card}
+        folder = hub.model_folder(args.source, args.kind, staging, report=report, include_checkpoints=args.include_checkpoints)
         repo_type = "model"
-    files = sorted({str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} | set(extra))
-    result = {"folder": str(folder), "card": str(extra.get("README.md", Path(folder) / "README.md")), "files": files}
+    result.update(folder=str(folder), card=str(Path(folder) / "README.md"), files=hub.upload_plan(folder))
+    if "sizes" in result:  # before anything is sent
+        print(sizes_table(result["sizes"]), flush=True)
     if not args.dry_run:
-        result["url"] = upload(folder, args.repo_id, repo_type=repo_type, private=args.private, extra_files=extra)
+        result["url"] = hub.upload(folder, args.repo_id, repo_type=repo_type, private=args.private)
     return result
+
+
+def sizes_table(sizes: dict) -> str:
+    """Rows, bytes and shards of each configuration of a dataset folder, and the total."""
+    lines = [f"{'configuration':<16}{'rows':>12}{'size':>13}{'shards':>8}"]
+    for name, info in sizes["configs"].items():
+        lines.append(f"{name:<16}{sum(info['rows'].values()):>12,}{sum(info['bytes'].values()) / 1e6:>10.1f} MB{sum(info['shards'].values()):>8}")
+    lines.append(f"{'total':<16}{'':>12}{sizes['total_bytes'] / 1e6:>10.1f} MB")
+    return "\n".join(lines)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import os
 import typing
 from collections import OrderedDict
-from dataclasses import dataclass, field, fields, make_dataclass
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from pathlib import Path
 
 import datasets
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 _BATCH_ROWS = 50_000
 COCO_SPLITS = {"train": "train2017", "validation": "val2017", "test": "test2017"}
+META_FILE = "qid_meta.json"  # beside a build's Arrow files: per split, the category names and what was skipped
 
 _MESSAGES = datasets.List(
     {"role": datasets.Value("string"), "content": datasets.List({"type": datasets.Value("string"), "text": datasets.Value("string")})}
@@ -76,11 +78,16 @@ class QwenInstructDetConfig(TaskOptions, datasets.BuilderConfig):
     on_size_mismatch: str = field(default="error", metadata={
         "help": "An image whose JSON size matches neither its stored nor its displayed size: 'error' or 'rescale' its boxes."})
     verify_images: bool = field(default=False, metadata={"help": "Decode every image during the build and name the unreadable ones."})
+    allow_outside_image_dir: bool = field(default=False, metadata={
+        "help": "Accept file names that leave the image folder (absolute paths, '..', symlinks to elsewhere). Off by default: a build "
+                "reads every file a record names and a Hub push embeds its bytes."})
     source_fingerprint: str | None = field(default=None, metadata={"help": "Set by the builder: a hash of the annotation files' content.",
                                                                     "internal": True})
 
     def __post_init__(self):
         super().__post_init__()
+        if isinstance(self.categories, str):  # one name, not a list of its letters
+            self.categories = [self.categories]
         if self.name not in TASKS:
             raise ValueError(f"Unknown configuration {self.name!r}; choose one of {list(TASKS)}.")
         if self.box_format not in BOX_FORMATS:
@@ -113,6 +120,9 @@ def builder_kwargs(args) -> dict:
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 
+_DEFAULTS = {f.name: f.default for f in fields(QwenInstructDetConfig) if f.default is not MISSING and f.name not in ("name", "data_dir")}
+
+
 class QwenInstructDet(datasets.ArrowBasedBuilder):
     """COCO-format detection data as Qwen-VL instruction rows, in five configurations."""
 
@@ -122,23 +132,40 @@ class QwenInstructDet(datasets.ArrowBasedBuilder):
 
     def __init__(self, *args, **kwargs):
         kwargs.pop("data_files", None)  # resolved by datasets from data_dir; this builder reads the layout itself
+        if isinstance(kwargs.get("categories"), str):  # one name, not a list of its letters (datasets sets options after __post_init__)
+            kwargs["categories"] = [kwargs["categories"]]
+        for name, default in _DEFAULTS.items():  # datasets keys the cache on the options as passed: a default passed is a default
+            if name in kwargs and kwargs[name] == default:
+                del kwargs[name]
         kwargs["source_fingerprint"] = _fingerprint(kwargs.get("data_dir"), kwargs.get("annotation_files"))
         # load_dataset passes the hash of the code that makes the rows; made directly (load_split), the cache needs it too,
         # or a library upgrade that changes the rows would read the old ones back
         kwargs["hash"] = kwargs.get("hash") or registry._source_hash()
         super().__init__(*args, **kwargs)
-        self.skipped: dict[str, dict[str, int]] = {}
+        self.skipped: dict[str, dict[str, int]] = {}  # per split: what the build left out, counted
+        self.categories: dict[str, list[str]] = {}  # per split: the category names of the rows, in id order
 
     def _info(self) -> datasets.DatasetInfo:
         return datasets.DatasetInfo(description=TASK_DESCRIPTIONS[self.config.name], features=FEATURES)
 
+    def download_and_prepare(self, *args, **kwargs):
+        super().download_and_prepare(*args, **kwargs)
+        meta = Path(self._output_dir) / META_FILE
+        if not self.skipped and meta.is_file():  # read from the cache: what the build that wrote it counted and named
+            saved = json.loads(meta.read_text())
+            self.skipped, self.categories = saved["skipped"], saved["categories"]
+
+    def _save_info(self):
+        super()._save_info()  # inside datasets' temporary folder, renamed only when the whole build succeeded
+        (Path(self._output_dir) / META_FILE).write_text(json.dumps({"categories": self.categories, "skipped": self.skipped}))
+
     def _split_generators(self, dl_manager):
-        files = self._split_files()
+        files = self.split_files()
         for annotation_file, image_dir in files.values():
             prepare_index(annotation_file, image_dir, self.config)  # bad input stops here, unwrapped by datasets
         return [datasets.SplitGenerator(name=split, gen_kwargs={"split": split, "annotation_file": a, "image_dir": d}) for split, (a, d) in files.items()]
 
-    def _split_files(self) -> dict[str, tuple[str, str]]:
+    def split_files(self) -> dict[str, tuple[str, str]]:
         cfg = self.config
         if cfg.annotation_files:
             image_dirs = cfg.image_dirs or {}
@@ -171,7 +198,10 @@ class QwenInstructDet(datasets.ArrowBasedBuilder):
         rows = generate(self.config.name, objs, self.config)
         skipped = {**index.skipped, **rows.skipped}
         self.skipped[split] = skipped
-        logger.info("%s/%s: %d rows from %d images; skipped %s", self.config.name, split, len(rows), index.num_images, skipped)
+        self.categories[split] = kept_categories(index, self.config)
+        counted = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in skipped.items() if v) or "nothing"
+        logger.info("%s/%s: %s rows from %s images; left out or changed: %s", self.config.name, split, f"{len(rows):,}",
+                    f"{index.num_images:,}", counted)
         tables = index.memo["columns"]
         for batch, start in enumerate(range(0, len(rows), _BATCH_ROWS)):
             yield Key(0, batch), tables.table(rows, start, min(start + _BATCH_ROWS, len(rows)))
@@ -205,6 +235,11 @@ def file_digest(path: str | os.PathLike) -> str:
     return _DIGESTS[key]
 
 
+def kept_categories(index: coco.CocoIndex, cfg: QwenInstructDetConfig) -> list[str]:
+    """The category names the rows are about: the file's, or those a ``categories`` filter keeps, in id order."""
+    return [name for name in index.category_names if not cfg.categories or name in cfg.categories]
+
+
 def prepare_index(annotation_file: str, image_dir: str, cfg: QwenInstructDetConfig) -> coco.CocoIndex:
     """Load (cached) and filter one split's index as the config asks: categories, empty images, subset."""
     index = _load_cached(annotation_file, image_dir, cfg)
@@ -233,13 +268,13 @@ def _load_cached(annotation_file: str, image_dir: str, cfg: QwenInstructDetConfi
     With ``check_files`` every image's header is read (in parallel) so that sizes and boxes describe
     the picture ``datasets`` decodes (EXIF orientation applied); the least recently used entry is dropped first.
     """
-    options = (cfg.check_files, cfg.exif_frame, cfg.on_size_mismatch, cfg.verify_images)
+    options = (cfg.check_files, cfg.exif_frame, cfg.on_size_mismatch, cfg.verify_images, cfg.allow_outside_image_dir)
     key = (os.path.abspath(annotation_file), file_digest(annotation_file) if os.path.isfile(annotation_file) else None,
            os.path.abspath(image_dir), options)
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    index = coco.load_coco(annotation_file, image_dir, check_files=cfg.check_files)
+    index = coco.load_coco(annotation_file, image_dir, check_files=cfg.check_files, allow_outside_image_dir=cfg.allow_outside_image_dir)
     if cfg.check_files:
         index, frames = images.orient_index(index, exif_frame=cfg.exif_frame, on_mismatch=cfg.on_size_mismatch)
         index.skipped.update(frames)

@@ -142,19 +142,40 @@ def open_image(path: str | os.PathLike | BinaryIO, name: str | None = None):
         raise BadImageError(
             f"{name}: cannot decode the image ({type(e).__name__}: {e}). Re-download or replace the file, or remove its record.", [name],
         ) from e
-    shown = shown if shown.mode == "RGB" else shown.convert("RGB")
+    shown = as_rgb(shown, name)
     if isinstance(path, (str, os.PathLike)):
         shown.filename = os.fspath(path)  # as an image PIL opened itself remembers its file
     return shown
 
 
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit greyscale as Pillow opens it (PNG, TIFF, PGM)
+
+
+def as_rgb(image, name: str = "an image"):
+    """An opened picture as 8-bit RGB, as it looks: 16-bit greyscale scaled to 8 bits (PIL's own conversion clips it, so a
+    16-bit PNG turned white), float pictures in 0..1 scaled; alpha dropped, as the Qwen-VL processors drop it."""
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    if image.mode in _WIDE_GREY or image.mode == "F":
+        values = np.asarray(image)
+        top = 1.0 if image.mode == "F" else 65535.0
+        if values.size and (values.min() < 0 or values.max() > top or not np.isfinite(values).all()):
+            raise BadImageError(f"{name}: a {image.mode} image with values from {values.min()} to {values.max()}, outside 0..{top:g}; "
+                                "convert it to an 8-bit RGB or greyscale image first.", [name])
+        grey = np.floor(values.astype(np.float64) * (255.0 / top) + 0.5).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    return image.convert("RGB")
+
+
 def open_feature_image(value):
-    """One value of a ``datasets`` Image column as the model sees it: a picture ``datasets`` decoded, as it is, or
+    """One value of a ``datasets`` Image column as the model sees it: a picture ``datasets`` decoded, made RGB, or
     ``{"path", "bytes"}`` opened with :func:`open_image` (EXIF orientation applied, RGB); errors name the file."""
     from io import BytesIO
 
     if not isinstance(value, dict):
-        return value
+        return as_rgb(value, getattr(value, "filename", None) or "an image")
     path = value.get("path")
     if path and (value.get("bytes") is None or os.path.isfile(path)):
         return open_image(path)
