@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import sys
+import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
 
-BASE = "http://images.cocodataset.org"
+BASE = os.environ.get("QID_COCO_MIRROR", "http://images.cocodataset.org")  # a mirror, or a closed port in the tests
 PARTS = {
     # name: (url, published md5, approximate size in GiB, what must exist when unpacked)
     "annotations": (f"{BASE}/annotations/annotations_trainval2017.zip", "f4bbac642086de4f52a3fdda2de5fa2c", 0.25,
@@ -59,6 +61,7 @@ def fetch(root: Path, name: str, check_md5: bool = True) -> None:
     if (root / marker).exists():
         print(f"{name}: already unpacked ({root / marker}), skipping")
         return
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(root).free / 2**30
     if free < gib * 2.2:
@@ -66,7 +69,15 @@ def fetch(root: Path, name: str, check_md5: bool = True) -> None:
     archive = root / url.rsplit("/", 1)[1]
     if not archive.exists():
         print(f"{name}: downloading {url} (about {gib} GiB)")
-        _download(url, archive)
+        try:
+            _download(url, archive)
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            partial = archive.with_suffix(archive.suffix + ".part")
+            if created and not (partial.exists() and partial.stat().st_size):  # nothing fetched: leave no empty folder behind
+                shutil.rmtree(root, ignore_errors=True)
+            reason = getattr(e, "reason", e)
+            sys.exit(f"{name}: cannot reach {url.split('/')[2]} ({reason}); this script needs the internet. "
+                     + (f"The part already fetched ({partial}) is kept and a rerun resumes it." if partial.exists() else "Nothing was written."))
     if check_md5:
         got = _md5(archive)
         if got != md5:

@@ -1,4 +1,7 @@
 import json
+import re
+
+import pytest
 
 from qwen_instruct_det.commands.cli import main
 
@@ -83,3 +86,76 @@ def test_train_checks_the_data_before_any_model_loads(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert "no COCO annotation file found" in err  # the data's problem, found before the (missing) model is touched
+
+
+COMMANDS = ["synth", "build", "export-swift", "evaluate", "visualize", "predict", "merge", "push", "demo", "train", "grpo"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_works_for_every_command(command, capsys):
+    """`qid demo --help` crashed on a '%' in a help string; train and grpo printed 'usage: qid' without --config; every
+    flag without '_' was listed twice ('--out OUT, --out OUT'), and no help showed a default."""
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: qid {command} ") and "(default:" in text
+    assert not re.search(r"(--[\w-]+) ([A-Z_]+), \1 \2", text)  # a flag listed twice under one spelling
+    if command in ("train", "grpo"):
+        assert "--config CONFIG" in text and "YAML recipe" in text
+
+
+def test_the_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert all(command in text for command in COMMANDS) and "--log-level" in text
+
+
+def test_global_options_work_in_any_position_and_prefixes_are_not_guessed(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "a"), "--train", "2", "--val", "1", "--log-level", "WARNING"]) == 0
+    assert main(["--log-level", "WARNING", "synth", str(tmp_path / "b"), "--train", "2", "--val", "1"]) == 0
+    assert main(["synth", str(tmp_path / "c"), "--log_level=ERROR", "--train", "2", "--val", "1"]) == 0
+    with pytest.raises(SystemExit):  # '--data' was "ambiguous" between --data_dir and --data-dir; now it is not a flag at all
+        main(["predict", "model", "--data", str(tmp_path / "a")])
+    assert "unrecognized arguments: --data" in capsys.readouterr().err
+    assert main(["synth", str(tmp_path / "d"), "--log-level", "LOUD"]) == 2
+    assert "'LOUD' is not a level" in capsys.readouterr().err
+
+
+def test_the_download_script_without_a_network_says_so_and_leaves_nothing(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "dataset_scripts" / "download_coco.py"
+    env = {**os.environ, "QID_COCO_MIRROR": "http://127.0.0.1:9"}  # a closed port: what an offline machine meets
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "coco"), "--parts", "annotations"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode != 0 and "cannot reach 127.0.0.1:9" in out.stderr and "needs the internet" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "coco").exists()
+
+
+def test_one_category_name_given_as_a_string_is_one_name(shapes_dir, tmp_path):
+    from qwen_instruct_det.data.builder import QwenInstructDet
+
+    builder = QwenInstructDet(config_name="count", data_dir=str(shapes_dir), cache_dir=str(tmp_path), categories="circle")
+    assert builder.config.categories == ["circle"]  # was ['c', 'i', 'r', 'c', 'l', 'e']
+    builder.download_and_prepare()
+    assert builder.categories["train"] == ["circle"]
+
+
+def test_evaluate_writes_each_report_beside_its_predictions_and_replaces_no_other(tmp_path, capsys):
+    record = '{"image_id": %d, "detections": {"boxes": [], "labels": []}, "truth": {"boxes": [[0, 0, 4, 4]], "labels": ["a"]}}\n'
+    (tmp_path / "preds_a.jsonl").write_text(record % 1)
+    (tmp_path / "preds_b.jsonl").write_text(record % 2 + record % 3)
+    assert main(["evaluate", str(tmp_path / "preds_a.jsonl")]) == 0
+    assert main(["evaluate", str(tmp_path / "preds_b.jsonl")]) == 0  # main wrote both to ./report.json, b over a
+    a = json.loads((tmp_path / "preds_a.report.json").read_text())
+    b = json.loads((tmp_path / "preds_b.report.json").read_text())
+    assert (a["images"], b["images"]) == (1, 2) and (tmp_path / "preds_a.report.md").is_file()
+    assert main(["evaluate", str(tmp_path / "preds_a.jsonl"), "--out", str(tmp_path / "r")]) == 0
+    assert main(["evaluate", str(tmp_path / "preds_b.jsonl"), "--out", str(tmp_path / "r")]) == 2
+    assert "is the report of" in capsys.readouterr().err
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["images"] == 1

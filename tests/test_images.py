@@ -328,3 +328,76 @@ def test_decode_named_reads_rows_like_datasets_and_names_a_broken_file_stored_by
     with pytest.raises(images.BadImageError, match="photos/cut.jpg: cannot decode") as err:
         next(iter(images.decode_named(embedded)))
     assert err.value.paths == ["photos/cut.jpg"]
+
+
+# ---------------------------------------------------------------- every mode Pillow opens, decoded to its 8-bit look
+
+
+def _png16(path, values: np.ndarray, colour_type: int) -> None:
+    """A 16-bit PNG written by hand (Pillow writes only greyscale at 16 bits): colour type 0 grey, 2 RGB, 4 grey+alpha, 6 RGBA."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    h, w = values.shape[:2]
+    raw = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+GREY = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (6, 1))  # the 8-bit look every file below should decode to
+WIDE = (GREY.astype(np.uint32) * 257).astype(np.uint16)  # the same grey at 16 bits (v * 257 = v / 255 of 65535)
+
+
+def _saved(mode: str, tmp_path):
+    from PIL import Image
+
+    grey = Image.fromarray(GREY, "L")
+    if mode == "I;16":
+        path = tmp_path / "wide.png"
+        Image.fromarray(WIDE).save(path)  # Pillow opens 16-bit grey PNG as I;16
+    elif mode == "I;16 tiff":
+        path = tmp_path / "wide.tiff"
+        Image.fromarray(WIDE).save(path)
+    elif mode == "I":
+        path = tmp_path / "wide.pgm"  # a 16-bit PGM opens as I (32-bit integers)
+        Image.fromarray(WIDE).save(path)
+    elif mode in ("LA16", "RGB16", "RGBA16"):
+        path = tmp_path / f"{mode}.png"
+        channels = {"LA16": [WIDE, np.full_like(WIDE, 65535)], "RGB16": [WIDE] * 3, "RGBA16": [WIDE] * 3 + [np.full_like(WIDE, 65535)]}
+        _png16(path, np.stack(channels[mode], axis=-1), {"LA16": 4, "RGB16": 2, "RGBA16": 6}[mode])
+    elif mode == "F":
+        path = tmp_path / "float.tiff"
+        Image.fromarray(GREY.astype(np.float32) / 255, "F").save(path)
+    else:
+        path = tmp_path / f"{mode}.{'png' if mode in ('1', 'L', 'LA', 'P', 'RGB', 'RGBA') else 'tiff'}"
+        grey.convert(mode).save(path)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "I;16", "I;16 tiff", "I",
+                                  "LA16", "RGB16", "RGBA16", "F"])
+def test_every_mode_decodes_to_its_8_bit_look(mode, tmp_path):
+    """A 16-bit greyscale PNG was trained, predicted and drawn all white: PIL's convert('RGB') clips it at 255."""
+    from PIL import Image
+
+    path = _saved(mode, tmp_path)
+    shown = np.asarray(images.open_image(path))
+    assert shown.shape == (*GREY.shape, 3) and shown.dtype == np.uint8
+    expected = GREY if mode != "1" else np.where(GREY >= 128, 255, 0)  # 1-bit: black or white, as dithering-free PIL stores it
+    if mode == "1":
+        assert set(np.unique(shown)) <= {0, 255}
+    else:
+        assert np.abs(shown.astype(int) - expected[..., None]).max() <= 3, (Image.open(path).mode, shown[0, ::8, 0])
+    assert np.asarray(images.open_feature_image({"path": str(path), "bytes": None})).tolist() == shown.tolist()
+
+
+def test_a_picture_out_of_its_modes_range_is_refused_naming_the_file(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "hot.tiff"
+    Image.fromarray(np.full((4, 4), 3.5, dtype=np.float32), "F").save(path)
+    with pytest.raises(images.BadImageError, match=r"hot\.tiff.*outside 0\.\.1"):
+        images.open_image(path)

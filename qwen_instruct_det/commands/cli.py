@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import types
 import typing
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 
@@ -88,11 +88,15 @@ class _Pairs(argparse.Action):
         setattr(namespace, self.dest, out)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows every option's default."""
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One argument per dataclass field: positional where metadata says so, else ``--name``."""
+    """One argument per dataclass field: positional where metadata says so, else ``--name`` (and ``--na-me`` for ``na_me``)."""
     for f in dataclasses.fields(cls):
         tp, is_list = _field_type(f.type)
-        kwargs: dict[str, Any] = {"help": f.metadata.get("help", "")}
+        kwargs: dict[str, Any] = {"help": f.metadata.get("help", "").replace("%", "%%")}  # argparse formats help with %
         if tp is bool:
             kwargs.update(type=_str_to_bool, nargs="?", const=True)
         elif tp is dict:
@@ -110,19 +114,48 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["default"] = f.default_factory()
         else:
             kwargs["required"] = True
-        parser.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name, **kwargs)
+        names = list(dict.fromkeys([f"--{f.name}", f"--{f.name.replace('_', '-')}"]))  # one spelling when there is no "_"
+        parser.add_argument(*names, dest=f.name, **kwargs)
 
 
 def make_parser(commands: dict[str, Command] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qid", description="COCO-format detection data for Qwen-VL: build, train, predict, score.")
-    parser.add_argument("--log-level", default="INFO", help="Logging level (DEBUG, INFO, WARNING).")
+    parser = argparse.ArgumentParser(prog="qid", description="COCO-format detection data for Qwen-VL: build, train, predict, score. "
+                                     "--log-level LEVEL and --debug go anywhere on the line.", allow_abbrev=False,
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--log-level", "--log_level", default="INFO", help="Logging level (DEBUG, INFO, WARNING).")
     parser.add_argument("--debug", action="store_true", help="Show the traceback of an error.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in _TRL_COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     for name, command in (commands or _commands()).items():
-        add_dataclass_arguments(sub.add_parser(name, help=command.help, description=command.help), command.arguments())
+        sub_parser = sub.add_parser(name, help=command.help, description=command.help, allow_abbrev=False, formatter_class=HelpFormatter)
+        add_dataclass_arguments(sub_parser, command.arguments())
     return parser
+
+
+def _quiet_libraries() -> None:
+    """Progress bars and info logs of datasets and transformers off (a distributed run's other processes)."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_warning()
+    transformers.logging.set_verbosity_warning()
+
+
+def _global_options(argv: list[str]) -> tuple[list[str], str, bool]:
+    """``argv`` without ``--log-level LEVEL`` and ``--debug``, wherever they stand, and their values."""
+    rest, level, debug = [], "INFO", False
+    items = iter(argv)
+    for item in items:
+        name, eq, value = item.partition("=")
+        if item == "--debug":
+            debug = True
+        elif name in ("--log-level", "--log_level"):
+            level = value if eq else next(items, "INFO")
+        else:
+            rest.append(item)
+    return rest, level, debug
 
 
 def _show_synth(args, out) -> None:
@@ -151,7 +184,7 @@ def _print_scores(report: dict) -> None:
 def _show_evaluate(args, report: dict) -> None:
     _print_scores(report)
     print(f"parsing: {report['parsing']}")
-    print(f"report: {args.out or Path(args.predictions).parent}/report.json and report.md")
+    print(f"report: {' and '.join(report['written'])}")
 
 
 def _show_predict(args, result: dict) -> None:
@@ -160,7 +193,11 @@ def _show_predict(args, result: dict) -> None:
 
 
 def _show_push(args, result: dict) -> None:
-    print(f"folder {result['folder']} ({len(result['files'])} files)")
+    print(f"folder {result['folder']}: {len(result['files'])} files would be sent" if "url" not in result else
+          f"folder {result['folder']}: {len(result['files'])} files sent")
+    for name in result["files"] if len(result["files"]) <= 40 else result["files"][:40] + [f"... {len(result['files']) - 40} more"]:
+        print(f"  {name}")
+    print(f"card: {result['card']}")
     print(result.get("url", "dry run: nothing uploaded"))
 
 
@@ -170,30 +207,45 @@ def _show_demo(args, report: dict) -> None:
     print(f"report: {args.out}/report.json, {args.out}/report.md; pictures: {report['demo']['grid']}")
 
 
-def _run(argv: list[str]) -> None:
+def _run(argv: list[str], log_level: str = "INFO") -> None:
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        raise ValueError(f"--log-level {log_level!r} is not a level; use DEBUG, INFO, WARNING or ERROR.")
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun / accelerate: the other processes speak only of problems
+        level = max(level, logging.WARNING)
+        _quiet_libraries()
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if argv[:1] and argv[0] in _TRL_COMMANDS:
         import importlib
 
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         out = importlib.import_module(_TRL_COMMANDS[argv[0]][0]).main(argv[1:])
         print(f"trained model saved to {out}")
         return
     commands = _commands()
     ns = make_parser(commands).parse_args(argv)
-    logging.basicConfig(level=getattr(logging, ns.log_level.upper(), logging.INFO), format="%(levelname)s %(name)s: %(message)s")
     command = commands[ns.command]
     cls = command.arguments()
     args = cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
     command.show(args, command.run(args))
 
 
+def _user_cause(error: BaseException) -> BaseException | None:
+    """The first error of bad input (ValueError, OSError, ImportError) among the causes of ``error``, or None."""
+    seen = {id(error)}
+    error = error.__cause__ or error.__context__
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (ValueError, OSError, ImportError)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    argv, log_level, debug = _global_options(list(sys.argv[1:] if argv is None else argv))
     name = argv[0] if argv else "qid"
     try:
-        _run(argv)
+        _run(argv, log_level)
     except (ValueError, OSError, ImportError) as e:
         if debug:
             raise
@@ -202,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a defect, not bad input: still one line, with the way to the traceback
         if debug:
             raise
+        cause = _user_cause(e)
+        if cause is not None:  # bad input wrapped by a library (datasets wraps what a builder raises): its own message
+            print(f"qid {name}: error: {' '.join(str(cause).split())}", file=sys.stderr)
+            return 2
         print(f"qid {name}: unexpected {type(e).__name__}: {' '.join(str(e).split())} (run again with --debug for the traceback "
               "and please report it)", file=sys.stderr)
         return 1

@@ -14,15 +14,19 @@ class EvaluateArguments:
     """``qid evaluate``: the predictions to score and how."""
 
     predictions: str = field(metadata={"help": "Predictions JSONL written by qid predict.", "positional": True})
-    out: str | None = field(default=None, metadata={"help": "Folder for report.json and report.md (default: beside the predictions)."})
+    out: str | None = field(default=None, metadata={"help": "Folder for report.json and report.md (default: PREDICTIONS.report.json and "
+                                                           ".report.md beside the predictions, so two files in one folder keep their own)."})
     iou_threshold: float = field(default=0.5, metadata={"help": "IoU at or above which a pair matches."})
     matching: str = field(default="greedy", metadata={"help": "'greedy' or 'hungarian'."})
 
 
 def evaluate(args: EvaluateArguments) -> dict:
     """``qid evaluate``: score a predictions file; write the report beside it (or in ``out``)."""
-    out = args.out or str(Path(args.predictions).parent)
-    return evaluate_file(args.predictions, out, iou_threshold=args.iou_threshold, matching=args.matching)
+    path = Path(args.predictions)
+    out, name = (args.out, "report") if args.out else (path.parent, f"{path.stem}.report")
+    report = evaluate_file(path, out, name=name, iou_threshold=args.iou_threshold, matching=args.matching)
+    report["written"] = [str(Path(out) / f"{name}.json"), str(Path(out) / f"{name}.md")]
+    return report
 
 
 @dataclass
@@ -37,4 +41,4 @@ class VisualizeArguments:
 
 def visualize(args: VisualizeArguments) -> list[Path]:
     """``qid visualize``: draw truth and predictions of the first images of a predictions file."""
-    return visualize_records(read_predictions(args.predictions), args.out, limit=args.limit, columns=args.columns)
+    return visualize_records(read_predictions(args.predictions, need_truth=False), args.out, limit=args.limit, columns=args.columns)

@@ -22,8 +22,11 @@ COCO_STATS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
               "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
 
 
+BACKENDS = ("auto", "pycocotools", "faster_coco_eval")
+
+
 def coco_map(predictions: Sequence[Detections], references: Sequence[Detections], categories: Sequence[str] | None = None,
-             max_dets: int = 100) -> dict:
+             max_dets: int = 100, backend: str = "auto") -> dict:
     """COCOeval's twelve bbox numbers (AP, AP50, AP75, ...) for detection dicts in pixels.
 
     Inputs are checked as :func:`~qwen_instruct_det.eval.matching.detection_scores` checks them, and
@@ -33,10 +36,12 @@ def coco_map(predictions: Sequence[Detections], references: Sequence[Detections]
     digit. Labels outside it are appended in sorted order. With no prediction, or nothing to
     find (no truth, or crowd regions only), every number is 0.0 (COCOeval itself says -1 for the
     latter); a size range with no truth keeps COCOeval's -1.
-    """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
+    ``backend``: ``pycocotools`` (the reference), ``faster_coco_eval`` (the same algorithm in C++, the same twelve numbers:
+    ``benchmarks/coco_map_speed.py``; much faster with many classes, e.g. LVIS's 1,203) or ``auto``, the second when it
+    is installed (``pip install qwen_instruct_det[fast]``).
+    """
+    COCO, COCOeval = _backend(backend)
     check_detections(predictions, "predictions")
     check_detections(references, "references")
     if len(predictions) != len(references):
@@ -94,3 +99,22 @@ def _category_ids(categories: Sequence[str], labels: list[str]) -> tuple[dict[st
         ids[key] = len(names) + 1
         names.append(first[key])
     return {label: ids[key] for label, key in spellings.items()}, names
+
+
+def _backend(name: str):
+    """The COCO and COCOeval classes of a backend (``auto``: faster-coco-eval when it is installed, else pycocotools)."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}.")
+    if name in ("auto", "faster_coco_eval"):
+        try:
+            from faster_coco_eval import COCO, COCOeval_faster
+        except ImportError:
+            if name == "faster_coco_eval":
+                raise ImportError("backend 'faster_coco_eval' needs faster-coco-eval: pip install faster-coco-eval "
+                                  "(or qwen_instruct_det[fast]).") from None
+        else:
+            return COCO, COCOeval_faster
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    return COCO, COCOeval

@@ -33,9 +33,10 @@ class PredictionRecord(TypedDict, total=False):
     truth: Detections
 
 
-def read_predictions(path: str | os.PathLike) -> list[PredictionRecord]:
-    """Records of a predictions JSONL file, checked for the keys the report needs."""
+def read_predictions(path: str | os.PathLike, need_truth: bool = True) -> list[PredictionRecord]:
+    """Records of a predictions JSONL file, checked for the keys the report needs (``truth`` only when ``need_truth``)."""
     records = []
+    seen: dict = {}  # image id -> the line it was first on
     with open(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -44,9 +45,13 @@ def read_predictions(path: str | os.PathLike) -> list[PredictionRecord]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: line {n} is not JSON ({e.msg}); the file may be cut off: delete the line and re-run qid predict to resume.") from None
-            for key in ("detections", "truth"):
+            for key in ("detections", "truth") if need_truth else ("detections",):
                 if key not in record:
                     raise ValueError(f"{path}: line {n} has no {key!r}; evaluation needs predictions with truth (qid predict on a split with labels).")
+            image_id = record.get("image_id")
+            if image_id is not None and seen.setdefault(image_id, n) != n:
+                raise ValueError(f"{path}: line {n} repeats image_id {image_id!r} of line {seen[image_id]}; a predictions file holds one "
+                                 "record per image: delete one of the two lines (or predict again into a new --out).")
             records.append(record)
     if not records:
         raise ValueError(f"{path}: no predictions in the file.")
@@ -70,14 +75,23 @@ def evaluate_records(records: list[PredictionRecord], iou_threshold: float = 0.5
     }
 
 
-def evaluate_file(path: str | os.PathLike, out_dir: str | os.PathLike | None = None, **kwargs) -> dict:
-    """Evaluate a predictions JSONL; with ``out_dir``, write ``report.json`` and ``report.md`` there."""
-    report = evaluate_records(read_predictions(path), **kwargs)
+def evaluate_file(path: str | os.PathLike, out_dir: str | os.PathLike | None = None, name: str = "report", **kwargs) -> dict:
+    """Evaluate a predictions JSONL; with ``out_dir``, write ``NAME.json`` and ``NAME.md`` there.
+
+    The report names the predictions file it scored; a report of another predictions file is not replaced.
+    """
+    report = {"predictions": os.path.abspath(path), **evaluate_records(read_predictions(path), **kwargs)}
     if out_dir is not None:
         out = Path(out_dir)
+        existing = out / f"{name}.json"
+        if existing.is_file():
+            other = json.loads(existing.read_text()).get("predictions")
+            if other and other != report["predictions"]:
+                raise ValueError(f"{existing}: is the report of {other}; it is not replaced by the report of {path}. Choose another "
+                                 "--out, or delete it.")
         out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps(report, indent=2))
-        (out / "report.md").write_text(markdown_report(report))
+        existing.write_text(json.dumps(report, indent=2))
+        (out / f"{name}.md").write_text(markdown_report(report))
     return report
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..budget import ImageBudget
+from ..data.disk import disk_error, disk_full
 from ..eval.detections import objects_as_detections
 from ..eval.report import PredictionRecord
 from ..formats import get_box_format
@@ -230,13 +231,18 @@ def predict_to_file(model, processor, dataset, path: str | os.PathLike, box_form
         rows = undecoded(rows)
     written = truncated = 0
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f, tqdm(total=len(todo), desc="predict", unit="img", disable=not progress) as bar:
-        for record in predict(model, processor, rows, box_format, batch_size, max_new_tokens, categories, crowd):
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            written += 1
-            truncated += record["truncated"]
-            bar.update(1)
+    try:
+        with open(path, "a") as f, tqdm(total=len(todo), desc="predict", unit="img", disable=not progress) as bar:
+            for record in predict(model, processor, rows, box_format, batch_size, max_new_tokens, categories, crowd):
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                written += 1
+                truncated += record["truncated"]
+                bar.update(1)
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        raise disk_error(e, path, "the predictions written so far are kept; a rerun resumes after them") from e
     if truncated:
         logger.warning("%d answers hit max_new_tokens=%d without closing the turn; raise it", truncated, max_new_tokens)
     return {"skipped_done": len(before), "written": written, "truncated": truncated}
