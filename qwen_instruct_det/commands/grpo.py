@@ -27,7 +27,13 @@ def make_parser():
 
 def main(argv: list[str] | None = None) -> Path:
     """``qid grpo``: parse flags / ``--config recipe.yaml``, train with GRPO, save adapter + processor + qid_config.json."""
-    args, model_args, grpo_config = make_parser().parse_args_and_config(args=argv)
+    try:
+        args, model_args, grpo_config = make_parser().parse_args_and_config(args=argv)
+    except ValueError as e:
+        if "bf16/gpu" not in str(e):
+            raise
+        raise ValueError("the recipe trains in bf16 on a GPU and this machine has none: run on a GPU, or add --use_cpu true --bf16 "
+                         "false (and a small model: --tiny true for qid train).") from e
     trainer, qid_config, stats = make_trainer(args, model_args, grpo_config)
     try:
         trainer.train(resume_from_checkpoint=grpo_config.resume_from_checkpoint)

@@ -146,6 +146,8 @@ def push(args: PushArguments) -> dict:
         result["sizes"] = hub.folder_summary(folder)
         repo_type = "dataset"
     else:
+        if args.report and not Path(args.report).is_file():
+            raise FileNotFoundError(f"--report {args.report}: no such file; qid evaluate writes PREDICTIONS.report.json beside the predictions.")
         report = json.loads(Path(args.report).read_text()) if args.report else None
         folder = hub.model_folder(args.source, args.kind, staging, report=report, include_checkpoints=args.include_checkpoints)
         repo_type = "model"

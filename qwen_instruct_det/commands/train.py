@@ -57,7 +57,13 @@ def tiny_model_and_processor(data: DataArguments, parts: PartsArguments, family:
 
 def main(argv: list[str] | None = None) -> Path:
     """``qid train``: parse flags / ``--config recipe.yaml``, train, save adapter + processor + qid_config.json."""
-    data, parts, tiny, model_args, sft_config = make_parser().parse_args_and_config(args=argv)
+    try:
+        data, parts, tiny, model_args, sft_config = make_parser().parse_args_and_config(args=argv)
+    except ValueError as e:
+        if "bf16/gpu" not in str(e):
+            raise
+        raise ValueError("the recipe trains in bf16 on a GPU and this machine has none: run on a GPU, or add --use_cpu true --bf16 "
+                         "false (and a small model: --tiny true for qid train).") from e
     model = processor = None
     if tiny.tiny:
         model, processor = tiny_model_and_processor(data, parts, tiny.tiny_family)

@@ -35,6 +35,8 @@ class PredictionRecord(TypedDict, total=False):
 
 def read_predictions(path: str | os.PathLike, need_truth: bool = True) -> list[PredictionRecord]:
     """Records of a predictions JSONL file, checked for the keys the report needs (``truth`` only when ``need_truth``)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such predictions file; qid predict writes one (--out).")
     records = []
     seen: dict = {}  # image id -> the line it was first on
     with open(path) as f:

@@ -39,11 +39,25 @@ def check_source(name_or_path: str) -> str:
     return text
 
 
+def _pretrained(cls, name_or_path: str, **kwargs):
+    """``cls.from_pretrained`` on a folder or a Hub id; a name found in neither place is named as such (transformers
+    reports a connection problem even for a mistyped local folder)."""
+    try:
+        return cls.from_pretrained(check_source(name_or_path), **kwargs)
+    except OSError as e:
+        if Path(str(name_or_path)).expanduser().exists() or isinstance(e, FileNotFoundError) and str(name_or_path) in str(e):
+            raise
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else ""
+        raise OSError(f"{name_or_path}: no such folder here, and the Hub could not give it{offline}. If it is a folder qid train or "
+                      "qid merge wrote, check the path; if it is a Hub id, check its spelling and the connection, or download it "
+                      "first (hf download).") from e
+
+
 def load_processor(name_or_path: str, min_pixels: int | None = None, max_pixels: int | None = None, trust_remote_code: bool = False):
     """The checkpoint's processor, keeping its own image budget unless ``min_pixels``/``max_pixels`` override it."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(check_source(name_or_path), trust_remote_code=trust_remote_code)
+    processor = _pretrained(AutoProcessor, name_or_path, trust_remote_code=trust_remote_code)
     ImageBudget.set_on(processor, min_pixels, max_pixels)
     return processor
 
@@ -55,8 +69,8 @@ def load_model(name_or_path: str, dtype: str | None = None, attn_implementation:
     from transformers import AutoModelForImageTextToText
 
     torch_dtype = getattr(torch, dtype) if dtype not in (None, "auto") else dtype
-    return AutoModelForImageTextToText.from_pretrained(
-        check_source(name_or_path), dtype=torch_dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, device_map=device_map
+    return _pretrained(
+        AutoModelForImageTextToText, name_or_path, dtype=torch_dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, device_map=device_map
     )
 
 
@@ -64,7 +78,7 @@ def checkpoint_family(name_or_path: str, trust_remote_code: bool = False) -> str
     """A checkpoint's ``model_type`` (its Qwen-VL family) from its config alone, before any weight loads."""
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(check_source(name_or_path), trust_remote_code=trust_remote_code).model_type
+    return _pretrained(AutoConfig, name_or_path, trust_remote_code=trust_remote_code).model_type
 
 
 def load_trained(path: str, base_model: str | None = None, *, trainable: bool = False, min_pixels: int | None = None,
@@ -124,6 +138,8 @@ def load_for_inference(path: str, base_model: str | None = None, dtype: str | No
 
 def merge(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, base_model: str | None = None) -> Path:
     """Fold a LoRA adapter into its base model; save the standalone model, processor and qid config."""
+    if not Path(adapter_dir).is_dir():
+        raise FileNotFoundError(f"{adapter_dir}: no such folder; pass the adapter folder qid train wrote (with --use_peft true).")
     if not (Path(adapter_dir) / "adapter_config.json").is_file():
         raise ValueError(f"{adapter_dir}: is not a LoRA adapter (no adapter_config.json): a full or already merged model has nothing to "
                          "merge; use it as it is (qid predict, qid push model).")
