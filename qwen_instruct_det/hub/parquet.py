@@ -1,7 +1,9 @@
 """A built split as Parquet shards with the image bytes embedded: written batch by batch, every file checked first.
 
-Memory holds one batch (``BATCH_ROWS`` rows), whatever the split's size; a shard is closed at
-about ``max_shard_bytes`` (the Hub recommends about 500 MB) and the shards are named
+Memory holds one batch (``BATCH_ROWS`` rows), whatever the split's size; a shard is closed once
+its file passes ``max_shard_bytes`` (the Hub recommends about 500 MB). Rows of one image follow each
+other (a region configuration has a row per object), and Parquet's dictionary encoding stores an
+image repeated within a batch once, so a file holds far fewer bytes than its rows' images add up to and the shards are named
 ``SPLIT-0000K-of-0000N.parquet`` once their number is known. Before its bytes are read, each image
 must lie inside its split's image folder (after symlinks; unless the build allowed otherwise) and
 start as an image file does: a row can never carry another file of the machine into a published data set.
@@ -40,7 +42,7 @@ def write_split(dataset, folder: str | os.PathLike, split: str, image_dir: str |
                 parts.append(folder / f"{split}-part{len(parts):05d}.parquet")
                 writer, written = pq.ParquetWriter(parts[-1], schema), 0
             writer.write_table(table)
-            written += table.nbytes
+            written = os.path.getsize(parts[-1])  # bytes on disk: an image repeated in nearby rows is stored once (dictionary pages)
         if writer is None:  # an empty split is one empty shard, so the card's pattern still finds the split
             parts.append(folder / f"{split}-part00000.parquet")
             pq.write_table(schema.empty_table(), parts[-1])
