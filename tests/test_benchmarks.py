@@ -18,10 +18,14 @@ SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 SMOKE = {  # script: (arguments, a line its output must hold)
     "build_speed.py": (["--images", "60", "--repeats", "1"], "build all five"),
     "coco_map_speed.py": (["--images", "40", "--classes", "30", "--repeats", "1"], "largest difference"),
+    "confidence_ap.py": (["--demo-out", "demo", "--max-steps", "2", "--train-images", "8", "--val-images", "4", "--random", "2"],
+                         "held-out images"),
     "demo_learning.py": (["--repeats", "1", "--max-steps", "2", "--train-images", "8", "--val-images", "4", "--points", "1"], "F1@50"),
+    "generate_memory.py": (["--batches", "1", "--lengths", "3"], "peak memory of generation"),
     "gpu_real_size.py": (["--smoke", "--steps", "1", "--images", "8", "--gen-batch", "2", "--new-tokens", "4"], "CPU (smoke check"),
     "metric_speed.py": (["--images", "50", "--repeats", "1"], "COCOeval"),
     "parse_speed.py": (["--megabytes", "0.02", "--repeats", "1"], "qwen2"),
+    "predict_throughput.py": (["--before", str(ROOT), "--images", "4", "--repeats", "1", "--new-tokens", "2", "--workers", "1"], "speed-up"),
     "push_memory.py": (["--sizes", "40"], "qid push dataset --dry_run"),
     "rl_learning.py": (None, None),  # continues the demo's trained model for minutes: run it from benchmarks/, not here
     "train_start.py": (["--images", "60", "--repeats", "1"], "cold start beyond the build"),

@@ -276,6 +276,14 @@ def test_options_subset_categories_keep_empty_name_regions(shapes_dir, tmp_path)
     assert Counter(ds["image_id"]).most_common(1)[0][1] == 3
 
 
+@pytest.mark.parametrize("fmt", ["qwen2", "qwen2_5"])
+def test_a_filtered_detection_prompt_names_only_the_kept_categories(shapes_dir, tmp_path, fmt):
+    """The prompt listed all five names while the targets held two: the model was taught to ignore what it was asked for."""
+    _, ds = _build(shapes_dir, tmp_path, "detection", categories=["plus sign", "circle"], list_categories=True, box_format=fmt)
+    prompt = ds[0]["prompt"][0]["content"][1]["text"]
+    assert ("circle, plus sign" in prompt) and "square" not in prompt and "triangle" not in prompt
+
+
 @pytest.mark.parametrize("fmt", ["qwen2_5", "qwen3"])
 def test_json_box_formats_round_trip(shapes_dir, tmp_path, fmt):
     _, ds = _build(shapes_dir, tmp_path, "detection", box_format=fmt, subset=15)

@@ -11,6 +11,7 @@ family and budget, what the model was taught must parse back to the truth.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -64,13 +65,25 @@ def _plain_checkpoint(folder: Path, family: str, texts: list[str], min_pixels: i
     return folder
 
 
+def _pixels(image) -> str:
+    """An opened image's fingerprint: predict hands the model pictures opened by DataLoader workers, without their file names."""
+    return hashlib.sha1(np.asarray(image.convert("RGB")).tobytes()).hexdigest()
+
+
+def _answers(rows) -> dict[str, str]:
+    """Each row's target answer, keyed by its image's pixels as the model is shown them."""
+    from qwen_instruct_det.data.images import open_image
+
+    return {_pixels(open_image(row["images"][0].filename)): row["completion"][0]["content"][0]["text"] for row in rows}
+
+
 def _answer_with(monkeypatch, answers: dict[str, str], prompts_seen: list | None = None):
-    """Stand in for ``inference.generate``: answer each image (by file name) with ``answers[name]``, ending the turn."""
+    """Stand in for ``inference.generate``: answer each image (by its pixels) with ``answers[...]``, ending the turn."""
 
     def generate(model, processor, images, prompts, max_new_tokens=512, **kwargs):
         if prompts_seen is not None:
             prompts_seen.extend(prompts)
-        texts = [answers[Path(batch[0].filename).name] for batch in images]
+        texts = [answers[_pixels(batch[0])] for batch in images]
         return [inference.Generation(t, np.ones(1), np.array([len(t)]), True) for t in texts]
 
     monkeypatch.setattr(inference, "generate", generate)
@@ -107,8 +120,7 @@ def test_answers_equal_to_the_training_targets_score_f1_one_at_any_budget(family
     assert trainer.processing_class.image_processor.size["longest_edge"] == qc.max_pixels
     out = training.save_trained(trainer, trainer.processing_class, qc, stats)
 
-    answers = {Path(row["images"][0].filename).name: row["completion"][0]["content"][0]["text"] for row in trainer.train_dataset}
-    _answer_with(monkeypatch, answers)
+    _answer_with(monkeypatch, _answers(trainer.train_dataset))
     predictions = tmp_path / "p.jsonl"
     model_cli.predict(model_cli.PredictArguments(model=str(out), data_dir=str(larger), split="train", out=str(predictions)))
     assert _f1(predictions) == 1.0
@@ -122,9 +134,8 @@ def test_a_base_checkpoint_is_asked_and_read_in_its_family_format(family, larger
     base = _plain_checkpoint(tmp_path / "base", family, ["Traffic Light", "[]"], *budget)
     truth = load_split("detection", "validation", cache_dir=str(tmp_path / "cache"), data_dir=str(larger), box_format=NATIVE[family],
                        min_pixels=budget[0], max_pixels=budget[1])
-    answers = {Path(row["images"][0].filename).name: row["completion"][0]["content"][0]["text"] for row in truth}
     prompts: list = []
-    _answer_with(monkeypatch, answers, prompts)
+    _answer_with(monkeypatch, _answers(truth), prompts)
     predictions = tmp_path / "p.jsonl"
     result = model_cli.predict(model_cli.PredictArguments(model=str(base), data_dir=str(larger), split="validation", out=str(predictions)))
     assert result["box_format"] == NATIVE[family]
@@ -202,7 +213,7 @@ def test_only_the_answer_and_the_end_of_turn_carry_labels(trained):
 
 def _predict(model: Path, data_dir: Path, out: Path) -> list[dict]:
     model_cli.predict(model_cli.PredictArguments(model=str(model), data_dir=str(data_dir), split="train", out=str(out)))
-    return [json.loads(line) for line in out.read_text().splitlines()]
+    return eval_report.read_predictions(out)
 
 
 def test_train_predict_evaluate_merge_every_family(trained, eight, tmp_path):

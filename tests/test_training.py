@@ -173,7 +173,7 @@ def test_qid_predict_on_a_split_writes_its_crowd_regions(memorised, shapes_dir, 
     crowded = {a["image_id"] for a in data["annotations"] if a["iscrowd"]}
     path = tmp_path / "p.jsonl"
     model_cli.predict(model_cli.PredictArguments(model=str(out), data_dir=str(shapes_dir), out=str(path), max_new_tokens=4))
-    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records = eval_report.read_predictions(path)
     assert crowded and {r["image_id"] for r in records if any(r["truth"].get("iscrowd", []))} == crowded
 
 
@@ -426,24 +426,26 @@ def test_predict_command_on_a_split_and_on_an_image_folder(eight, memorised, tmp
     *_, out, _ = memorised
     preds = tmp_path / "split.jsonl"
     assert cli.main(["predict", str(out), "--data_dir", data.data_dir, "--split", "train", "--out", str(preds), "--batch_size", "4"]) == 0
-    records = [json.loads(line) for line in preds.read_text().splitlines()]
+    records = eval_report.read_predictions(preds)
     assert len(records) == 8 and all("truth" in r and r["image"].endswith(".jpg") for r in records)
     assert cli.main(["evaluate", str(preds), "--out", str(tmp_path / "report")]) == 0
     assert json.loads((tmp_path / "report" / "report.json").read_text())["det_iou50"]["f1"] == 1.0
     folder = tmp_path / "folder.jsonl"
     # the memorised images as a plain folder: every one gets its boxes back, without truth (unseen images may not)
     assert cli.main(["predict", str(out), "--images", str(root / "data" / "train2017"), "--out", str(folder)]) == 0
-    records = [json.loads(line) for line in folder.read_text().splitlines()]
+    records = eval_report.read_predictions(folder, need_truth=False)
     assert len(records) == 8 and all("truth" not in r and r["detections"]["boxes"] for r in records), [r["text"] for r in records]
-    assert cli.main(["predict", str(out), "--out", str(folder)]) == 2  # neither a split nor a folder
-    assert "exactly one of" in capsys.readouterr().err
+    assert cli.main(["predict", str(out), "--data_dir", data.data_dir, "--images", str(root), "--out", str(folder)]) == 2
+    assert "not both" in capsys.readouterr().err
 
 
 def test_token_offsets_survive_characters_split_over_tokens(memorised):
     _, processor, *_ = memorised
     tok = processor.tokenizer
     ids = tok("feuille d'érable(10,20),(30,40)", add_special_tokens=False)["input_ids"]
-    text, ends = inference._text_and_token_ends(tok, ids)
+    from qwen_instruct_det.models.generate import _text_and_token_ends
+
+    text, ends = _text_and_token_ends(tok, ids)
     assert text == "feuille d'érable(10,20),(30,40)"
     assert ends[-1] == len(text) and list(ends) == sorted(ends)
 
@@ -566,7 +568,7 @@ def test_a_full_disk_while_predicting_names_the_file_and_a_rerun_resumes(eight, 
     assert f"no space left on the device while writing {preds}" in err and "a rerun resumes" in err
     filler.unlink()
     assert cli.main(["predict", str(out), "--data_dir", data.data_dir, "--split", "train", "--out", str(preds), "--batch_size", "8"]) == 0
-    records = [json.loads(line) for line in preds.read_text().splitlines()]
+    records = eval_report.read_predictions(preds)
     assert sorted(r["image_id"] for r in records) == sorted(set(r["image_id"] for r in records)) and len(records) == 8
 
 

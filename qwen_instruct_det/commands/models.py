@@ -6,84 +6,144 @@ Each command is a dataclass of arguments and one function over ``models`` and ``
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.builder import with_options
+from ..models.config import OWN_FIELDS
+
+logger = logging.getLogger(__name__)
+
 
 @dataclass
-class PredictArguments:
+class _Predict:
     model: str = field(metadata={"help": "A folder written by qid train (adapter or model) or qid merge, or a Hub model id.", "positional": True})
-    out: str = field(default="predictions.jsonl", metadata={"help": "JSONL to write (appended to and resumed if it exists)."})
-    data_dir: str | None = field(default=None, metadata={"help": "COCO-layout folder: predict on a split, with truth."})
+    out: str = field(default="predictions.jsonl", metadata={"help": "JSONL to write (appended to and resumed if it exists and was made the "
+                                                                    "same way: same model, data, box format, budget and options)."})
+    data_dir: str | None = field(default=None, metadata={"help": "COCO-layout folder: predict on a split, with truth, rebuilt with the "
+                                                                 "builder options the model was trained with (flags below override them). "
+                                                                 "Default: the data the model was trained on."})
     split: str = field(default="validation", metadata={"help": "Split of data_dir to predict on."})
-    images: str | None = field(default=None, metadata={"help": "Or a folder of images (no truth)."})
+    images: str | None = field(default=None, metadata={"help": "Or a folder of images (no truth), asked with the trained prompt."})
     base_model: str | None = field(default=None, metadata={"help": "Base model for an adapter (default: the one it names)."})
     box_format: str | None = field(default=None, metadata={"help": "Override the box format (default: the one saved with the model, else "
                                                                    "the model family's; a different one warns)."})
-    categories: list[str] = field(default_factory=list, metadata={"help": "Category names (default: the model's, else the split's); "
-                                                                           "a base model's zero-shot prompt lists them."})
-    batch_size: int = field(default=8, metadata={"help": "Images per generate call."})
+    batch_size: int = field(default=8, metadata={"help": "Images per generate call (batched by image size)."})
     max_new_tokens: int | None = field(default=None, metadata={"help": "Answer budget (default: from the longest training answer)."})
     limit: int | None = field(default=None, metadata={"help": "Only the first N images."})
     dtype: str | None = field(default=None, metadata={"help": "torch dtype to load in (e.g. bfloat16 on a GPU)."})
+    workers: int = field(default=2, metadata={"help": "Processes that decode images ahead of the model (0: in the main process)."})
+    device_map: str | None = field(default=None, metadata={"help": "Spread one model over several GPUs (e.g. 'auto'; only for a model too "
+                                                                   "large for one). Default: each process uses one device; launch with "
+                                                                   "accelerate launch or torchrun to split the images over GPUs."})
+    confidence: str = field(default="decisive", metadata={"help": "How a box is scored from its tokens' probabilities: 'decisive' (their "
+                                                                  "product) or 'mean' (see the README)."})
 
 
-def predict(args: PredictArguments) -> dict:
-    """Batched generation over a split or a folder, written as JSONL records.
+PredictArguments = with_options("PredictArguments", _Predict, exclude=OWN_FIELDS,
+                                unset="(Default: the model's, from its qid_config.json; a different value warns.)")
 
-    A model trained by ``qid train`` is asked as it was trained and parsed with its saved format, budget and
-    categories; a plain checkpoint is asked with its family's zero-shot prompt and parsed in its family's format.
+
+def predict(args) -> dict:
+    """Batched generation over a split or a folder, written as JSONL records after a header saying what made them.
+
+    A model trained by ``qid train`` is asked as it was trained: the split rebuilt with its builder options (a flag overrides
+    one, with a warning; no ``--data_dir``: the data it was trained on), an image folder asked with its trained prompt;
+    answers parsed with its saved format, budget and categories. A plain checkpoint is asked with its family's zero-shot
+    prompt and parsed in its family's format.
     """
-    from ..data.splits import category_names, crowd_regions
-    from ..models.inference import default_max_new_tokens, done_ids, predict_to_file, with_prompt
-    from ..models.loading import load_for_inference
+    from ..models.inference import default_max_new_tokens, done_ids, predict_to_file
 
-    if bool(args.data_dir) == bool(args.images):
-        raise ValueError("give exactly one of --data_dir (a COCO-layout folder) or --images (a folder of images).")
+    if args.data_dir and args.images:
+        raise ValueError("give one of --data_dir (a COCO-layout folder) or --images (a folder of images), not both.")
     done_ids(args.out)  # refuses a file that is not a predictions file before any model loads
-    model, processor, qc = load_for_inference(args.model, base_model=args.base_model, dtype=args.dtype,
-                                              device_map="auto" if _has_cuda() else None, box_format=args.box_format)
-    if args.data_dir:
-        from ..data.splits import load_split
-        from ..train.sft import target_options
-
-        dataset = load_split("detection", args.split, data_dir=args.data_dir, display_name=qc.display_name,
-                             **target_options(processor, qc.box_format))
-    else:
-        dataset = _folder_rows(args.images)
+    model, processor, qc = _load(args)
+    options = qc.row_options(**_overrides(args, qc))
+    dataset, categories, crowd, data = _rows(args, qc, options)
     if args.limit:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
-    categories = list(args.categories) or qc.categories or (category_names(args.split, data_dir=args.data_dir) if args.data_dir else [])
-    if qc.detection_prompt:
-        dataset = with_prompt(dataset, qc.detection_prompt, categories)
+    header = {"model": _where(args.model), "base_model": qc.base_model, "data": data, "split": None if args.images else args.split,
+              "box_format": qc.box_format, "budget": qc.budget.as_options(), "categories": categories, "confidence": args.confidence,
+              "options": {k: v for k, v in options.items() if k not in OWN_FIELDS + _LOCATION}}
     budget = args.max_new_tokens or default_max_new_tokens(qc.max_answer_tokens)
-    crowd = crowd_regions(args.split, data_dir=args.data_dir) if args.data_dir else None  # scored as COCOeval does
     counts = predict_to_file(model, processor, dataset, args.out, box_format=qc.box_format, batch_size=args.batch_size,
-                             max_new_tokens=budget, categories=categories or None, crowd=crowd)
+                             max_new_tokens=budget, categories=categories or None, crowd=crowd, header=header, workers=args.workers,
+                             confidence=args.confidence)
     return {**counts, "max_new_tokens": budget, "out": args.out, "box_format": qc.box_format}
 
 
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+_LOCATION = ("annotation_files", "image_dirs")
+"""Builder options that say where the data is (with ``data_dir``): given on the command line, the saved ones are not used."""
 
 
-def _folder_rows(folder: str):
+def _load(args):
+    """The model on this process's device (or spread by ``--device_map``), its processor and :class:`QidModelConfig`."""
+    from ..models.inference import process_state
+    from ..models.loading import load_for_inference
+
+    model, processor, qc = load_for_inference(args.model, base_model=args.base_model, dtype=args.dtype, device_map=args.device_map,
+                                              box_format=args.box_format)
+    if args.device_map is None:
+        model.to(process_state().device)
+    return model, processor, qc
+
+
+def _overrides(args, qc) -> dict:
+    """The builder options given as flags; each that differs from the model's is named in a warning."""
+    from ..data.builder import option_fields
+
+    given = {f.name: getattr(args, f.name) for f in option_fields() if f.name not in OWN_FIELDS and getattr(args, f.name, None) is not None}
+    if qc.builder_options:
+        for name, value in given.items():
+            if name not in _LOCATION and qc.builder_options.get(name) != value:
+                logger.warning("--%s %r overrides %r, the value %s was trained with: these rows and their truth are not the ones it "
+                               "was trained for", name, value, qc.builder_options.get(name), args.model)
+    return given
+
+
+def _rows(args, qc, options: dict):
+    """The rows to predict on, the category names answers are parsed (and a zero-shot model asked) with, the crowd regions
+    and where the rows came from (for the file's header)."""
+    from ..data.splits import category_names, crowd_regions, load_split
+    from ..data.tasks import detection_prompt
+    from ..models.inference import with_prompt
+
+    if args.images:
+        categories = options.get("categories") or qc.categories
+        dataset = _folder_rows(args.images, detection_prompt(qc.box_format, categories, bool(options.get("list_categories"))))
+        crowd, data = None, {"images": _where(args.images)}
+    else:
+        location = qc.data_location(args.data_dir, args.annotation_files, args.image_dirs)  # none given: the model's data
+        options = {**options, **location}
+        dataset = load_split("detection", args.split, **options)
+        categories = options.get("categories") or qc.categories or category_names(args.split, **options)
+        crowd = crowd_regions(args.split, **options)  # scored as COCOeval does
+        data = {k: _where(v) if k == "data_dir" and v else v for k, v in location.items()}
+    if qc.detection_prompt:  # a base model: its family's zero-shot prompt, naming the categories
+        dataset = with_prompt(dataset, qc.detection_prompt, categories)
+    return dataset, categories, crowd, data
+
+
+def _where(path: str) -> str:
+    """A local path made absolute (a predictions file names what it was made from); a Hub id as it is."""
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
+def _folder_rows(folder: str, prompt_text: str):
     """Rows for a folder of images (no truth): the builder's columns, sizes as decoded (EXIF orientation applied)."""
     import datasets
 
     from .. import boxes as B
     from ..data.builder import FEATURES
     from ..data.images import read_headers
-    from ..data.tasks import DETECTION_PROMPT
 
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".bmp"))
     if not paths:
         raise FileNotFoundError(f"{folder}: no images (.jpg, .png, .webp, .bmp) found.")
     stored_w, stored_h, orientation = read_headers(paths, progress=False)
     widths, heights = B.oriented_size(stored_w, stored_h, orientation)
-    prompt = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": DETECTION_PROMPT}]}]
+    prompt = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": prompt_text}]}]
     features = datasets.Features({name: FEATURES[name] for name in ("images", "prompt", "width", "height")})
     features["image_id"] = datasets.Value("string")  # the file name: images in a folder have no COCO id
     return datasets.Dataset.from_dict({"images": [[str(p)] for p in paths], "prompt": [prompt] * len(paths), "width": widths.tolist(),

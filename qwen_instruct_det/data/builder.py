@@ -108,9 +108,18 @@ def option_fields() -> list:
     return out
 
 
-def with_options(name: str, base: type, exclude: tuple[str, ...] = ()) -> type:
-    """A dataclass ``name``: ``base``'s fields followed by the builder's options (less ``exclude``), for a command's flags."""
-    extra = [(f.name, f.type, field(default=f.default, metadata=f.metadata)) for f in option_fields() if f.name not in exclude]
+def with_options(name: str, base: type, exclude: tuple[str, ...] = (), unset: str | None = None) -> type:
+    """A dataclass ``name``: ``base``'s fields followed by the builder's options (less ``exclude``), for a command's flags.
+
+    With ``unset`` every option defaults to None (not given) instead of the builder's default, ``unset`` appended to its help:
+    for a command that takes the options from elsewhere (a model's ``qid_config.json``) and lets a flag override them.
+    """
+    def _field(f):
+        if unset is None:
+            return field(default=f.default, metadata=f.metadata)
+        return field(default=None, metadata={**f.metadata, "help": f"{f.metadata.get('help', '')} {unset}".strip()})
+
+    extra = [(f.name, f.type if unset is None else f.type | None, _field(f)) for f in option_fields() if f.name not in exclude]
     return make_dataclass(name, extra, bases=(base,))
 
 

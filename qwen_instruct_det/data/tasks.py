@@ -49,7 +49,8 @@ def detection(objs: Objects, opts: TaskOptions) -> TaskRows:
     for i in range(idx.num_images):
         a, b = starts[i], starts[i + 1]
         completions.append(fmt.assemble(texts[a:b], [names[c] for c in cats[a:b]]) if b > a else empty)
-    prompts = _detection_prompts(idx.num_images, opts, names)
+    kept = getattr(opts, "categories", None)  # a category filter: the prompt names only what the targets hold
+    prompts = _detection_prompts(idx.num_images, opts, [n for n in names if not kept or n in kept])
     return TaskRows("detection", np.arange(idx.num_images), prompts, completions)
 
 

@@ -16,6 +16,8 @@ from .coco_map import coco_map
 from .detections import Detections
 from .matching import detection_scores
 
+HEADER_KEY = "qid_predictions"  # the first line of a predictions file: {"qid_predictions": {what made it}}
+
 
 class PredictionRecord(TypedDict, total=False):
     """One line of a predictions file: written by ``qid predict``, read by evaluation, visualize and resume."""
@@ -47,6 +49,8 @@ def read_predictions(path: str | os.PathLike, need_truth: bool = True) -> list[P
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: line {n} is not JSON ({e.msg}); the file may be cut off: delete the line and re-run qid predict to resume.") from None
+            if n == 1 and isinstance(record, dict) and HEADER_KEY in record:
+                continue  # what made the file, not a prediction
             for key in ("detections", "truth") if need_truth else ("detections",):
                 if key not in record:
                     raise ValueError(f"{path}: line {n} has no {key!r}; evaluation needs predictions with truth (qid predict on a split with labels).")

@@ -1,10 +1,12 @@
 """What travels with a model: ``qid_config.json``, the model's family and the box format and prompt it implies.
 
 A folder written by ``qid train`` (and every ``checkpoint-N`` in it) holds ``qid_config.json``:
-the box format, the image budget, the category names and the builder options the targets were
-made with, and the answer budget. Inference reads it back: coordinates are only meaningful with
-the resize that made them. A plain checkpoint has none; its ``config.model_type`` decides its box
-format (:data:`FAMILY_BOX_FORMATS`) and :func:`zero_shot_prompt` the words it is asked in.
+the box format, the image budget, the category names trained on, the other builder options the
+rows were made with (``builder_options``: ``qid predict`` rebuilds a split with them, so it
+predicts on the rows and truth the model was trained for) and the answer budget. Inference reads
+it back: coordinates are only meaningful with the resize that made them. A plain checkpoint has
+none; its ``config.model_type`` decides its box format (:data:`FAMILY_BOX_FORMATS`) and
+:func:`zero_shot_prompt` the words it is asked in.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ logger = logging.getLogger(__name__)
 QID_CONFIG = "qid_config.json"
 FAMILY_BOX_FORMATS = {"qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2_5", "qwen3_vl": "qwen3", "qwen3_vl_moe": "qwen3"}
 """The box format each Qwen-VL generation answers in, by ``config.model_type``."""
+OWN_FIELDS = ("data_dir", "box_format", "display_name", "min_pixels", "max_pixels", "resize_factor")
+"""Builder options :class:`QidModelConfig` keeps in fields of their own (or not at all: the data folder is where it was)."""
 
 
 @dataclass
@@ -42,6 +46,7 @@ class QidModelConfig:
     categories: list[str] = field(default_factory=list)  # the data set's own category names
     train_configs: dict[str, float] = field(default_factory=dict)
     detection_prompt: str | None = None  # a prompt to ask with instead of the data's ({categories} filled in); None: the data's
+    builder_options: dict = field(default_factory=dict)  # every other builder option the rows were built with (categories, seed, ...)
 
     def save(self, folder: str | os.PathLike) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -54,6 +59,21 @@ class QidModelConfig:
             return None
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
+
+    def row_options(self, **overrides) -> dict:
+        """The builder options that remake the rows this model was trained on (``builder_options``, box format, display name
+        and budget), ``overrides`` over them."""
+        return {**self.builder_options, "display_name": self.display_name, "box_format": self.box_format,
+                **(self.budget.as_options() if self.budget else {}), **overrides}
+
+    def data_location(self, data_dir: str | None = None, annotation_files: dict | None = None, image_dirs: dict | None = None) -> dict:
+        """Where the data is, as builder options: what is given, or (nothing given) where this model's training data was."""
+        if data_dir or annotation_files or image_dirs:
+            return {"data_dir": data_dir, "annotation_files": annotation_files, "image_dirs": image_dirs}
+        if not (self.data or self.builder_options.get("annotation_files")):
+            raise ValueError(f"the model ({self.base_model or 'a plain checkpoint'}) does not say which data it was trained on: pass "
+                             "--data_dir (a COCO-layout folder, or annotation_files and image_dirs for another layout).")
+        return {"data_dir": self.data, **{k: self.builder_options.get(k) for k in ("annotation_files", "image_dirs")}}
 
     @property
     def budget(self) -> ImageBudget | None:

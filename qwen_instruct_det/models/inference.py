@@ -1,14 +1,15 @@
-"""Batched generation to parsed detections, with a confidence per box.
+"""Predictions: batched generation over rows, parsed into pixel boxes with a confidence each, written as JSONL.
 
-``generate`` runs greedy (by default) batched generation with left padding and returns,
-per sample, the answer text, the probability of each generated token and whether the
-answer ended with the end-of-turn token. ``predict`` parses each answer with the model's
-box format into pixel boxes of the original image, scores each box by the mean
-probability of its tokens (so COCO AP can rank detections) and yields JSONL-ready
-records; ``predict_to_file`` appends them to a file and resumes where a previous run
-stopped; ``predict_and_score`` predicts into a fresh file and scores it. A model asked
-zero-shot is asked in its family's own words (``config.zero_shot_prompt``), and
-``with_prompt`` puts that prompt into a split's rows.
+``predict`` batches rows of similar image size together (so a batch pads little), decodes images
+in a ``DataLoader`` with workers, generates (``generate.py``: the chosen tokens' probabilities,
+never every step's logits), parses each answer with the model's box format into pixel boxes of
+the original image, and yields JSONL-ready records. ``predict_to_file`` writes them after a
+header line that says which model, data, box format, budget and options made them (a file made
+otherwise is never resumed into), resumes where a previous run stopped, and under ``torchrun`` /
+``accelerate launch`` shares the rows out over the processes, each writing its own resumable
+shard, merged into the file at the end. ``predict_and_score`` predicts into a fresh file and
+scores it. A model asked zero-shot is asked in its family's own words (``config.zero_shot_prompt``),
+and ``with_prompt`` puts that prompt into a split's rows.
 """
 
 from __future__ import annotations
@@ -16,17 +17,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-
-import numpy as np
 
 from ..budget import ImageBudget
 from ..data.disk import disk_error, disk_full
 from ..eval.detections import objects_as_detections
-from ..eval.report import PredictionRecord
+from ..eval.report import HEADER_KEY, PredictionRecord
 from ..formats import get_box_format
+from .generate import Generation, box_confidences, generate  # noqa: F401  (Generation: the API; generate: patched in tests)
 
 logger = logging.getLogger(__name__)
 
@@ -44,89 +43,43 @@ def with_prompt(dataset, template: str, categories: list[str]):
     return dataset.map(_replace, input_columns=["prompt"], desc="prompt")
 
 
-@dataclass
-class Generation:
-    text: str
-    token_probs: np.ndarray
-    token_ends: np.ndarray  # character offset where each generated token ends in ``text``
-    ended: bool  # the model closed its turn (not cut off by max_new_tokens)
-
-
-def _processor_call(processor, images, texts, device):
-    tok = processor.tokenizer
-    side = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        enc = processor(images=images, text=texts, padding=True, return_tensors="pt")
-    finally:
-        tok.padding_side = side
-    return {k: v.to(device) if hasattr(v, "to") else v for k, v in enc.items()}
-
-
-def generate(model, processor, images: list, prompts: list[list[dict]], max_new_tokens: int = 512, **generate_kwargs) -> list[Generation]:
-    """Greedy batched generation for one batch of (images, prompt messages)."""
-    import torch
-
-    texts = [processor.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
-    enc = _processor_call(processor, images, texts, model.device)
-    kwargs = {"do_sample": False, **generate_kwargs}
-    with torch.inference_mode():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, output_scores=True, return_dict_in_generate=True, **kwargs)
-    prompt_len = enc["input_ids"].shape[1]
-    new = out.sequences[:, prompt_len:]
-    logprobs = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
-    probs = torch.exp(logprobs.float()).cpu().numpy()
-    tok = processor.tokenizer
-    end_of_turn = {tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id}
-    results = []
-    for row, p in zip(new.tolist(), probs):
-        ids, ended = [], False
-        for tid in row:
-            if tid in end_of_turn or tid == tok.pad_token_id:
-                ended = tid in end_of_turn
-                break
-            ids.append(tid)
-        text, ends = _text_and_token_ends(tok, ids)
-        results.append(Generation(text, p[: len(ids)], ends, ended))
-    return results
-
-
-def _text_and_token_ends(tok, ids: list[int]) -> tuple[str, np.ndarray]:
-    """The decoded answer and the character offset where each token ends in it."""
-    text = tok.decode(ids, skip_special_tokens=False)
-    pieces = [tok.convert_tokens_to_string([t]) for t in tok.convert_ids_to_tokens(ids)]
-    if "".join(pieces) != text:  # a character split over several byte-level tokens: decode prefixes instead
-        return text, np.array([len(tok.decode(ids[: k + 1], skip_special_tokens=False)) for k in range(len(ids))], dtype=np.int64)
-    return text, np.cumsum([len(piece) for piece in pieces]).astype(np.int64) if pieces else np.zeros(0, dtype=np.int64)
-
-
-def box_confidences(gen: Generation, spans: list[tuple[int, int]]) -> list[float]:
-    """Mean probability of the tokens that overlap each box's character span."""
-    token_starts = np.concatenate([[0], gen.token_ends[:-1]]) if len(gen.token_ends) else gen.token_ends
-    scores = []
-    for s, e in spans:
-        mask = (token_starts < e) & (gen.token_ends > s)
-        scores.append(float(gen.token_probs[mask].mean()) if mask.any() else 1.0)
-    return scores
-
-
-def predict(model, processor, rows: Iterable[dict], box_format: str = "qwen2", batch_size: int = 8, max_new_tokens: int = 512,
-            categories: list[str] | None = None, crowd: Mapping[int, dict] | None = None) -> Iterator[PredictionRecord]:
+def predict(model, processor, rows, box_format: str = "qwen2", batch_size: int = 8, max_new_tokens: int = 512,
+            categories: list[str] | None = None, crowd: Mapping[int, dict] | None = None, workers: int = 0,
+            group_by_size: bool = True, confidence: str = "decisive") -> Iterator[PredictionRecord]:
     """Records for rows that carry ``images``, ``prompt``, ``width``, ``height`` (and ``objects``, ``image_id`` when known).
 
-    ``crowd`` (image id -> ``{"boxes", "labels"}``, :func:`~qwen_instruct_det.data.splits.crowd_regions`) adds each image's
-    crowd regions to its truth, flagged in ``iscrowd``: rows never hold them (they are no
-    targets), and scoring without them counts a prediction on a crowd region as a false positive.
+    With ``group_by_size`` rows of similar image size are batched together (a batch pads to its largest image) and the
+    records come in that order; ``workers`` processes decode the images ahead of the model. ``crowd`` (image id ->
+    ``{"boxes", "labels"}``, :func:`~qwen_instruct_det.data.splits.crowd_regions`) adds each image's crowd regions to its
+    truth, flagged in ``iscrowd``: rows never hold them (they are no targets), and scoring without them counts a
+    prediction on a crowd region as a false positive. ``confidence``: how a box is scored (:func:`box_confidences`).
     """
+    from torch.utils.data import DataLoader
+
     fmt = get_box_format(box_format)
-    batch: list[dict] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) == batch_size:
-            yield from _predict_batch(model, processor, batch, fmt, max_new_tokens, categories, crowd)
-            batch = []
-    if batch:
-        yield from _predict_batch(model, processor, batch, fmt, max_new_tokens, categories, crowd)
+    order = list(range(len(rows)))
+    if group_by_size and order:
+        tokens = ImageBudget.of(processor).image_tokens(rows["width"] if hasattr(rows, "column_names") else [r["width"] for r in rows],
+                                                        rows["height"] if hasattr(rows, "column_names") else [r["height"] for r in rows])
+        order = sorted(order, key=lambda i: int(tokens[i]))
+    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    loader = DataLoader(_OpenedRows(rows), batch_sampler=batches, num_workers=workers, collate_fn=list)
+    for batch in loader:
+        yield from _predict_batch(model, processor, batch, fmt, max_new_tokens, categories, crowd, confidence)
+
+
+class _OpenedRows:
+    """Rows with their images opened (EXIF orientation applied, RGB): what a DataLoader worker hands the model."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[dict, list]:
+        row = dict(self.rows[int(i)])
+        return row, [_open(image) for image in row["images"]]
 
 
 def _open(image):
@@ -147,12 +100,11 @@ def _truth(row: dict, crowd: Mapping[int, dict] | None) -> dict:
     return truth
 
 
-def _predict_batch(model, processor, batch, fmt, max_new_tokens, categories, crowd=None):
-    opened = [[_open(im) for im in row["images"]] for row in batch]
-    images = [[im for im, _ in row] for row in opened]
-    gens = generate(model, processor, images, [row["prompt"] for row in batch], max_new_tokens)
+def _predict_batch(model, processor, batch, fmt, max_new_tokens, categories, crowd=None, confidence="decisive"):
+    images = [[im for im, _ in opened] for _, opened in batch]
+    gens = generate(model, processor, images, [row["prompt"] for row, _ in batch], max_new_tokens)
     budget = ImageBudget.of(processor)
-    for row, gen, ((_, path), *_) in zip(batch, gens, opened):
+    for (row, ((_, path), *_)), gen in zip(batch, gens):
         w, h = int(row["width"]), int(row["height"])
         size = budget.resized_size(w, h) if fmt.needs_input_size else None
         parsed = fmt.parse(gen.text, w, h, input_size=size, categories=categories)
@@ -162,7 +114,8 @@ def _predict_batch(model, processor, batch, fmt, max_new_tokens, categories, cro
             "width": w,
             "height": h,
             "text": gen.text,
-            "detections": {"boxes": parsed.boxes.tolist(), "labels": parsed.labels, "scores": box_confidences(gen, parsed.spans)},
+            "detections": {"boxes": parsed.boxes.tolist(), "labels": parsed.labels,
+                           "scores": box_confidences(gen, parsed.spans, confidence)},
             "unparsed": parsed.unparsed,
             "dropped": parsed.dropped,
             "unknown_labels": parsed.unknown_labels,
@@ -173,8 +126,22 @@ def _predict_batch(model, processor, batch, fmt, max_new_tokens, categories, cro
         yield record
 
 
-def done_ids(path: str | os.PathLike) -> set:
-    """Image ids already in a predictions file, made ready to append to.
+def read_header(path: str | os.PathLike) -> dict | None:
+    """What made a predictions file (its first line), or None for a file without one."""
+    p = Path(path)
+    if not p.is_file() or p.stat().st_size == 0:
+        return None
+    with open(p, encoding="utf-8", errors="replace") as f:
+        try:
+            first = json.loads(f.readline())
+        except json.JSONDecodeError:
+            return None
+    return first.get(HEADER_KEY) if isinstance(first, dict) else None
+
+
+def done_ids(path: str | os.PathLike, header: dict | None = None) -> set:
+    """Image ids already in a predictions file, made ready to append to; with ``header``, the file must have been made the
+    same way (same model, data, box format, budget and options) or it is refused, naming both.
 
     Every record that parses is kept. Lines that do not (a line cut off by an interrupted run,
     a corrupt line in the middle) are moved to ``PATH.rejected`` with their line numbers and
@@ -183,7 +150,7 @@ def done_ids(path: str | os.PathLike) -> set:
     p = Path(path)
     if not p.is_file() or p.stat().st_size == 0:
         return set()
-    ids, good, bad = set(), [], []
+    ids, good, bad, found = set(), [], [], None
     with open(p, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -192,14 +159,27 @@ def done_ids(path: str | os.PathLike) -> set:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 record = None
-            if isinstance(record, dict) and "image_id" in record and "detections" in record:
+            if isinstance(record, dict) and HEADER_KEY in record and n == 1:
+                found = record[HEADER_KEY]
+                good.append(line if line.endswith("\n") else line + "\n")
+            elif isinstance(record, dict) and "image_id" in record and "detections" in record:
                 ids.add(record["image_id"])
                 good.append(line if line.endswith("\n") else line + "\n")
             else:
                 bad.append((n, line.rstrip("\n")))
-    if not good:
+    if not ids and not found:
         raise ValueError(f"{p}: exists and holds no prediction record (first line: {bad[0][1][:60]!r}); choose another --out, "
                          "or delete the file if it is a stale predictions file.")
+    if header is not None:
+        header = json.loads(json.dumps(header))  # as the file would hold it (tuples as lists)
+    if header is not None and found != header:
+        if found is None:
+            raise ValueError(f"{p}: holds {len(ids)} predictions that do not say what made them (no header line); they are not "
+                             f"resumed into. Choose another --out, or delete the file.")
+        differ = "; ".join(f"{k}: {found.get(k)!r} there, {header.get(k)!r} now" for k in sorted(set(found) | set(header))
+                           if found.get(k) != header.get(k))
+        raise ValueError(f"{p}: was made by {found.get('model')} with other settings than this run ({differ}); its predictions are "
+                         "not mixed with these. Choose another --out, or delete the file.")
     if bad:
         side = p.with_name(p.name + ".rejected")
         with open(side, "a") as f:
@@ -214,26 +194,64 @@ def done_ids(path: str | os.PathLike) -> set:
 
 
 def predict_to_file(model, processor, dataset, path: str | os.PathLike, box_format: str = "qwen2", batch_size: int = 8,
-                    max_new_tokens: int = 512, categories=None, progress: bool = True, crowd: Mapping[int, dict] | None = None) -> dict:
+                    max_new_tokens: int = 512, categories=None, progress: bool = True, crowd: Mapping[int, dict] | None = None,
+                    header: dict | None = None, workers: int = 0, group_by_size: bool = True, confidence: str = "decisive") -> dict:
     """Append predictions for the rows not yet in ``path``; returns counts (done before, written, truncated).
 
-    ``crowd``: the split's crowd regions for the records' truth (see :func:`predict`).
+    ``header`` (what made the file) is its first line; a file made otherwise is refused. Under ``torchrun`` or
+    ``accelerate launch`` each process predicts every N-th remaining row into ``PATH.part-R-of-N`` (resumable on its
+    own) and the first merges the parts into ``path`` once all are done. ``crowd``: the split's crowd regions for the
+    records' truth (see :func:`predict`).
     """
     import datasets
-    from tqdm.auto import tqdm
 
     from ..data.images import undecoded
 
-    before = done_ids(path)
-    todo = [i for i, image_id in enumerate(dataset["image_id"]) if image_id not in before]
+    state = process_state()
+    with state.main_process_first():  # one process moves a cut-off line aside, the others read the file after
+        before = done_ids(path, header)
+    image_ids = dataset["image_id"]
+    todo = [i for i, image_id in enumerate(image_ids) if image_id not in before]
+    target = Path(path)
+    if state.num_processes > 1:
+        target = target.with_name(f"{target.name}.part-{state.process_index:05d}-of-{state.num_processes:05d}")
+        shard_done = done_ids(target, header)
+        todo = [i for i in todo[state.process_index::state.num_processes] if image_ids[i] not in shard_done]
     rows = dataset.select(todo)
     if isinstance(rows.features.get("images"), datasets.List):  # decode here, so that a bad file is named
         rows = undecoded(rows)
+    written, truncated = _write(model, processor, rows, target, header, progress and state.is_main_process, box_format=box_format,
+                                batch_size=batch_size, max_new_tokens=max_new_tokens, categories=categories, crowd=crowd,
+                                workers=workers, group_by_size=group_by_size, confidence=confidence)
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        if state.is_main_process:
+            _merge_parts(Path(path), state.num_processes, header)
+        state.wait_for_everyone()
+    if truncated:
+        logger.warning("%d answers hit max_new_tokens=%d without closing the turn; raise it", truncated, max_new_tokens)
+    return {"skipped_done": len(before), "written": written, "truncated": truncated}
+
+
+def process_state():
+    """This process's place among those ``torchrun`` / ``accelerate launch`` started (accelerate's ``PartialState``; on a
+    machine without a GPU, processes on the CPU: accelerate sees them only when told so)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _write(model, processor, rows, path: Path, header: dict | None, progress: bool, **kwargs) -> tuple[int, int]:
+    from tqdm.auto import tqdm
+
     written = truncated = 0
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(path, "a") as f, tqdm(total=len(todo), desc="predict", unit="img", disable=not progress) as bar:
-            for record in predict(model, processor, rows, box_format, batch_size, max_new_tokens, categories, crowd):
+        with open(path, "a") as f, tqdm(total=len(rows), desc="predict", unit="img", disable=not progress) as bar:
+            if header is not None and f.tell() == 0:
+                f.write(json.dumps({HEADER_KEY: header}) + "\n")
+            for record in predict(model, processor, rows, **kwargs):
                 f.write(json.dumps(record) + "\n")
                 f.flush()
                 written += 1
@@ -243,9 +261,26 @@ def predict_to_file(model, processor, dataset, path: str | os.PathLike, box_form
         if not disk_full(e):
             raise
         raise disk_error(e, path, "the predictions written so far are kept; a rerun resumes after them") from e
-    if truncated:
-        logger.warning("%d answers hit max_new_tokens=%d without closing the turn; raise it", truncated, max_new_tokens)
-    return {"skipped_done": len(before), "written": written, "truncated": truncated}
+    return written, truncated
+
+
+def _merge_parts(path: Path, processes: int, header: dict | None) -> None:
+    """Append the processes' parts to ``path`` (records it does not hold yet) and remove them."""
+    have = done_ids(path, header)
+    parts = [path.with_name(f"{path.name}.part-{k:05d}-of-{processes:05d}") for k in range(processes)]
+    with open(path, "a") as out:
+        if header is not None and out.tell() == 0:
+            out.write(json.dumps({HEADER_KEY: header}) + "\n")
+        for part in parts:
+            if not part.is_file():
+                continue
+            for line in part.read_text().splitlines():
+                record = json.loads(line) if line.strip() else {}
+                if "image_id" in record and record["image_id"] not in have:
+                    out.write(line + "\n")
+                    have.add(record["image_id"])
+    for part in parts:
+        part.unlink(missing_ok=True)
 
 
 def default_max_new_tokens(max_answer_tokens: int | None, fallback: int = 512) -> int:

@@ -74,10 +74,8 @@ def detection_rows(args: GrpoArguments, qc: QidModelConfig, split: str, cache_di
     """The ``detection`` configuration's split, with the columns GRPO and the rewards read (``built``: the split as built)."""
     from ..data.splits import load_split
 
-    if not args.data_dir:
-        raise ValueError("data_dir is not set: point it at a COCO-2017-layout folder (qid synth writes one).")
-    rows = load_split("detection", split, cache_dir=cache_dir, data_dir=args.data_dir, subset=args.subset, box_format=qc.box_format,
-                      display_name=qc.display_name, seed=args.build_seed, **qc.budget.as_options())
+    location = qc.data_location(args.data_dir)  # the rows the model was trained on, from this data (default: its own)
+    rows = load_split("detection", split, cache_dir=cache_dir, **qc.row_options(**location, subset=args.subset, seed=args.build_seed))
     if built:
         return rows
     return decode_named(rows.select_columns(["images", "prompt", "completion", "objects", "width", "height"]))  # broken files named

@@ -214,8 +214,9 @@ def load_mixture(data, split: str, cache_dir: str | None = None, **options) -> M
 
     from ..data.splits import prepared, split_of
 
-    if not data.data_dir:
-        raise ValueError("data_dir is not set: point it at a COCO-2017-layout folder (qid synth writes one).")
+    if not data.data_dir and not getattr(data, "annotation_files", None):
+        raise ValueError("data_dir is not set: point it at a COCO-2017-layout folder (qid synth writes one), or pass annotation_files "
+                         "and image_dirs for another layout.")
     shares = parse_mix(data.mix)
     kwargs = builder_options(data, **options)
     builders = {name: prepared(name, cache_dir, **kwargs) for name in shares}  # a build checks the data; a cached one was checked

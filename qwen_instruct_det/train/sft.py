@@ -25,7 +25,7 @@ from ..data.builder import builder_kwargs as builder_kwargs_of
 from ..data.images import decode_named, undecoded
 from ..data.splits import split_files
 from ..models.card import model_card
-from ..models.config import QidModelConfig, box_format_for, model_type
+from ..models.config import OWN_FIELDS, QidModelConfig, box_format_for, model_type
 from ..models.parts import format_summary, set_lora_targets, set_trainable_parts, trainable_summary
 from .config import DataArguments, PartsArguments
 from .mixture import builder_options, load_mixture, parse_mix
@@ -85,6 +85,7 @@ def make_trainer(data: DataArguments, parts: PartsArguments, model_args, sft_con
         box_format=box_format, model_type=family, **ImageBudget.of(processor).as_options(), max_answer_tokens=longest,
         base_model=model_args.model_name_or_path, data=data.data_dir, display_name=data.display_name,
         categories=categories, train_configs=parse_mix(data.mix),
+        builder_options={k: v for k, v in builder_options(data).items() if k not in OWN_FIELDS},
     )
     schedule = {"batch_size": sft_config.per_device_train_batch_size, "accumulation": sft_config.gradient_accumulation_steps,
                 "processes": sft_config.world_size, "epochs": sft_config.num_train_epochs, "max_steps": sft_config.max_steps}
