@@ -181,6 +181,18 @@ def test_a_rerun_leaves_no_stale_file(shapes_dir, tmp_path):
     assert not list(tmp_path.glob(".repo.incomplete-*"))
 
 
+def test_a_full_disk_during_a_push_says_so_with_the_folder_and_leaves_nothing_to_upload(shapes_dir, small_disk, tmp_path, capsys,
+                                                                                       monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))  # the build fits; the Parquet folder does not
+    folder = small_disk / "repo"
+    assert cli.main(["push", "dataset", str(shapes_dir), "--dry_run", "--folder", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device while writing" in err and str(folder) in err
+    assert "unexpected" not in err and "Errno" not in err
+    assert not folder.exists() or not (folder / "README.md").exists()  # no card: nothing reads as a folder to upload
+    assert not list(small_disk.rglob("*.parquet"))  # no torn shard left behind
+
+
 @pytest.mark.parametrize("command", ["push", "build"])
 def test_a_killed_run_leaves_the_old_folder_whole(shapes_dir, tmp_path, command):
     """A kill mid-write left the old card, new Parquet for some configurations, a torn file and old files for the rest."""
