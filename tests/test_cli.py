@@ -159,3 +159,18 @@ def test_evaluate_writes_each_report_beside_its_predictions_and_replaces_no_othe
     assert main(["evaluate", str(tmp_path / "preds_b.jsonl"), "--out", str(tmp_path / "r")]) == 2
     assert "is the report of" in capsys.readouterr().err
     assert json.loads((tmp_path / "r" / "report.json").read_text())["images"] == 1
+
+
+def test_a_model_that_is_neither_a_folder_here_nor_on_the_hub_is_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs" / "tiny-lora").mkdir(parents=True)
+    # a mistyped local folder (it was "We couldn't connect to 'https://huggingface.co'")
+    assert main(["predict", "outputs/tiny-lor", "--images", str(tmp_path), "--out", "p.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "outputs/tiny-lor: no such folder" in err and "huggingface.co" not in err and err.count("\n") == 1
+    # a Hub-style name, offline: said to be neither here nor reachable
+    assert main(["predict", "someone/no-such-model", "--images", str(tmp_path), "--out", "p.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "someone/no-such-model: no such folder here, and the Hub could not give it" in err and "Traceback" not in err
+    assert main(["merge", "outputs/tiny-lor", "--out", "merged"]) == 2
+    assert "outputs/tiny-lor: no such folder" in capsys.readouterr().err and not (tmp_path / "merged").exists()
