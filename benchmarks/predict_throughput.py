@@ -7,7 +7,7 @@ model is a tiny Qwen2-VL checkpoint (random weights: every answer runs to ``--ne
 Each timed run is a process of its own that loads the model and the split, then times
 ``predict_to_file`` over the split alone; the two checkouts alternate, ``--repeats`` times each.
 
-Run: python benchmarks/predict_throughput.py --before ../before_checkout [--images 200] [--repeats 3]
+Run: python benchmarks/predict_throughput.py --before ../before_checkout [--images 200] [--repeats 3] [--hidden 64 --layers 2]
 """
 
 from __future__ import annotations
@@ -40,15 +40,15 @@ print("RESULT", len(rows) / (time.perf_counter() - start), inference.__file__)
 """
 
 
-def make_inputs(work: Path, images: int) -> tuple[Path, Path]:
+def make_inputs(work: Path, images: int, hidden: int = 64, layers: int = 2) -> tuple[Path, Path]:
     from qwen_instruct_det.data.synthetic import SynthOptions, make_synthetic_coco
     from qwen_instruct_det.models import tiny
 
-    data, model = work / f"data{images}", work / "model"
+    data, model = work / f"data{images}", work / (f"model_h{hidden}_l{layers}" if (hidden, layers) != (64, 2) else "model")
     if not (data / "annotations" / "instances_val2017.json").is_file():
         make_synthetic_coco(data, train=1, val=images, seed=7, options=SynthOptions(min_size=56, max_size=1000, textured_fraction=0))
     if not (model / "config.json").is_file():
-        cfg = tiny.TinyModelConfig(family="qwen2_vl", hidden_size=64, intermediate_size=128, num_hidden_layers=2, vision_depth=1,
+        cfg = tiny.TinyModelConfig(family="qwen2_vl", hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, vision_depth=1,
                                    vision_embed_dim=64, min_pixels=56 * 56, max_pixels=1280 * 28 * 28)
         processor = tiny.build_processor(["circle square triangle (10,20),(30,40)"], cfg)
         tiny.build_model(processor, cfg).save_pretrained(model)
@@ -64,10 +64,12 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hidden", type=int, default=64, help="the language model's hidden size (its share of the time grows with it)")
+    parser.add_argument("--layers", type=int, default=2, help="the language model's layers")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "qid_predict_throughput"))
     args = parser.parse_args()
     work = Path(args.workdir)
-    data, model = make_inputs(work, args.images)
+    data, model = make_inputs(work, args.images, args.hidden, args.layers)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     speeds: dict[str, list[float]] = {"before": [], "after": []}
     for k in range(args.repeats):
@@ -85,7 +87,7 @@ def main() -> None:
             speeds[name].append(speed)
             print(f"run {k + 1} {name}: {speed:.2f} images/s ({source})", flush=True)
     print(f"\npredict_to_file on {args.images} images of 56-1000 px, batch {args.batch}, {args.new_tokens} new tokens, "
-          f"{args.workers} decode workers (after), {os.cpu_count()} cores")
+          f"{args.workers} decode workers (after), language model {args.hidden} wide x {args.layers} layers, {os.cpu_count()} cores")
     for name in ("before", "after"):
         s = speeds[name]
         print(f"{name:>7}: median {statistics.median(s):.2f} images/s (min {min(s):.2f}, max {max(s):.2f})")
