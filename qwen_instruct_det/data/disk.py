@@ -27,6 +27,17 @@ def disk_error(error: BaseException, where: str | os.PathLike, after: str = "not
     return named
 
 
+@contextlib.contextmanager
+def full_disk_named(where: str | os.PathLike, after: str = "nothing half-written is kept"):
+    """Run the block; a full disk (or quota) anywhere in what it raises comes out as :func:`disk_error` naming ``where``."""
+    try:
+        yield
+    except Exception as e:
+        if not disk_full(e):
+            raise
+        raise disk_error(e, where, after) from e
+
+
 def disk_full(error: BaseException) -> bool:
     """Whether a full disk (or quota) is in an exception's chain of causes (``datasets`` wraps it in DatasetGenerationError)."""
     return any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in _chain(error))
@@ -63,17 +74,16 @@ def atomic_folder(target: str | os.PathLike, made_by: str):
     building.mkdir()
     info: dict = {"made_by": made_by}
     try:
-        yield building, info
-        (building / FOLDER_MARKER).write_text(json.dumps(info, indent=2, default=str))
-        if target.exists():
-            old = target.with_name(f".{target.name}.incomplete-{os.getpid()}-old")
-            target.rename(old)  # from here to the next rename, target is absent: a kill leaves nothing that reads as complete
-            building.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            building.rename(target)
-    except BaseException as e:
+        with full_disk_named(target, "the folder is as it was"):
+            yield building, info
+            (building / FOLDER_MARKER).write_text(json.dumps(info, indent=2, default=str))
+            if target.exists():
+                old = target.with_name(f".{target.name}.incomplete-{os.getpid()}-old")
+                target.rename(old)  # from here to the next rename, target is absent: a kill leaves nothing that reads as complete
+                building.rename(target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                building.rename(target)
+    except BaseException:
         shutil.rmtree(building, ignore_errors=True)
-        if isinstance(e, OSError) and disk_full(e):
-            raise disk_error(e, target, "the folder is as it was") from e
         raise

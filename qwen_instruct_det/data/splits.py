@@ -19,7 +19,7 @@ import numpy as np
 
 from . import coco
 from .builder import QwenInstructDet, kept_categories, prepare_index
-from .disk import atomic_folder, disk_error, disk_full
+from .disk import atomic_folder, full_disk_named
 from .objects import TASKS
 
 
@@ -33,13 +33,9 @@ def prepared(config: str, cache_dir: str | None = None, **config_kwargs) -> Qwen
 def _prepare(builder: QwenInstructDet, where: str | os.PathLike | None = None, **kwargs) -> None:
     """``download_and_prepare`` with a write error (a full disk) named with the folder; datasets renames its temporary folder
     only when the whole build succeeded, so a failed build leaves nothing a rerun would read."""
-    try:
+    where = where or kwargs.get("output_dir") or builder.cache_dir
+    with full_disk_named(f"{builder.config.name} into {where}", "the half-built configuration is discarded"):
         builder.download_and_prepare(**kwargs)
-    except Exception as e:
-        if not disk_full(e):
-            raise
-        where = where or kwargs.get("output_dir") or builder.cache_dir
-        raise disk_error(e, f"{builder.config.name} into {where}", "the half-built configuration is discarded") from e
 
 
 def split_of(builder: QwenInstructDet, split: str) -> datasets.Dataset:

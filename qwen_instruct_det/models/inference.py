@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from ..budget import ImageBudget
-from ..data.disk import disk_error, disk_full
+from ..data.disk import full_disk_named
 from ..eval.detections import objects_as_detections
 from ..eval.report import HEADER_KEY, PredictionRecord
 from ..formats import get_box_format
@@ -59,8 +59,8 @@ def predict(model, processor, rows, box_format: str = "qwen2", batch_size: int =
     fmt = get_box_format(box_format)
     order = list(range(len(rows)))
     if group_by_size and order:
-        tokens = ImageBudget.of(processor).image_tokens(rows["width"] if hasattr(rows, "column_names") else [r["width"] for r in rows],
-                                                        rows["height"] if hasattr(rows, "column_names") else [r["height"] for r in rows])
+        sizes = (rows[name] if hasattr(rows, "column_names") else [row[name] for row in rows] for name in ("width", "height"))
+        tokens = ImageBudget.of(processor).image_tokens(*sizes)
         order = sorted(order, key=lambda i: int(tokens[i]))
     batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
     loader = DataLoader(_OpenedRows(rows), batch_sampler=batches, num_workers=workers, collate_fn=list)
@@ -124,19 +124,6 @@ def _predict_batch(model, processor, batch, fmt, max_new_tokens, categories, cro
         if row.get("objects") is not None:
             record["truth"] = _truth(row, crowd)
         yield record
-
-
-def read_header(path: str | os.PathLike) -> dict | None:
-    """What made a predictions file (its first line), or None for a file without one."""
-    p = Path(path)
-    if not p.is_file() or p.stat().st_size == 0:
-        return None
-    with open(p, encoding="utf-8", errors="replace") as f:
-        try:
-            first = json.loads(f.readline())
-        except json.JSONDecodeError:
-            return None
-    return first.get(HEADER_KEY) if isinstance(first, dict) else None
 
 
 def done_ids(path: str | os.PathLike, header: dict | None = None) -> set:
@@ -247,7 +234,7 @@ def _write(model, processor, rows, path: Path, header: dict | None, progress: bo
 
     written = truncated = 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with full_disk_named(path, "the predictions written so far are kept; a rerun resumes after them"):
         with open(path, "a") as f, tqdm(total=len(rows), desc="predict", unit="img", disable=not progress) as bar:
             if header is not None and f.tell() == 0:
                 f.write(json.dumps({HEADER_KEY: header}) + "\n")
@@ -257,10 +244,6 @@ def _write(model, processor, rows, path: Path, header: dict | None, progress: bo
                 written += 1
                 truncated += record["truncated"]
                 bar.update(1)
-    except OSError as e:
-        if not disk_full(e):
-            raise
-        raise disk_error(e, path, "the predictions written so far are kept; a rerun resumes after them") from e
     return written, truncated
 
 
