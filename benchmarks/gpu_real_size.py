@@ -9,8 +9,10 @@ config.json on the Hub describes them, with random weights. The recipe is the se
 (configs/seed_recipe.yaml and its siblings): vision, merger (with Qwen3-VL's deepstack mergers)
 and language model all unfrozen, LoRA r 32 / alpha 64 on every linear layer, bf16, batch 1 x
 accumulation 4, gradient checkpointing, each family's own box format and image budget (1280
-image tokens at most). Prints, per family, training samples per second and peak GPU memory at
-COCO-like image sizes (sides 480-640 px, about 7 boxes per image), and generation throughput
+image tokens at most). Prints, per family, training samples and tokens per second and peak GPU memory at
+COCO-like image sizes (sides 480-640 px, about 7 boxes per image), unpacked (the recipe) and packed
+(``--packing true``: one sequence of up to 4,096 tokens per device batch; flash attention's varlen
+kernels where flash-attn is installed, else sdpa's block-diagonal mask), and generation throughput
 (new tokens per second, batched, greedy, a fixed number of new tokens since random weights never
 stop). The tokenizer is the tiny one (its ids fit the real 151,936-token vocabulary); the image
 and sequence lengths are the real ones.
@@ -19,6 +21,7 @@ and sequence lengths are the real ones.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import tempfile
 import time
@@ -91,7 +94,8 @@ def build_model(family: str, shape: dict, processor, dtype):
         vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True,
     )
     torch.manual_seed(0)
-    return AutoModelForImageTextToText.from_config(config).to(dtype)
+    flash = dtype != torch.float32 and importlib.util.find_spec("flash_attn") is not None  # varlen kernels for the packed run
+    return AutoModelForImageTextToText.from_config(config, attn_implementation="flash_attention_2" if flash else "sdpa").to(dtype)
 
 
 def run_family(family: str, args, work: str, cuda: bool) -> None:
@@ -112,23 +116,32 @@ def run_family(family: str, args, work: str, cuda: bool) -> None:
     texts = [r["completion"][0]["content"][0]["text"] for r in rows.select_columns(["completion"])]
     processor = tiny_model.build_processor(texts, tiny_model.TinyModelConfig(family=family, min_pixels=budget[0], max_pixels=budget[1]))
     dtype = torch.bfloat16 if cuda else torch.float32
-    model = build_model(family, (SMOKE if args.smoke else PUBLISHED)[family], processor, dtype)
-    n_params = sum(p.numel() for p in model.parameters())
-    sft = SFTConfig(output_dir=f"{work}/out_{family}", max_steps=args.steps, per_device_train_batch_size=1, gradient_accumulation_steps=4,
-                    learning_rate=5e-5, lr_scheduler_type="cosine", warmup_steps=0.05, bf16=cuda, use_cpu=not cuda,
-                    activation_checkpointing=cuda, max_length=2048, logging_steps=10, save_strategy="no", report_to="none",
-                    dataloader_num_workers=2 if cuda else 0)
     model_args = ModelConfig(model_name_or_path=f"{family} published shape (random)", use_peft=True, lora_r=32, lora_alpha=64, lora_dropout=0.05)
     parts = train_config.PartsArguments(freeze_vision=False, freeze_merger=False, freeze_llm=False)  # the seed's run: all three parts
-    trainer, qc, stats = training.make_trainer(data, parts, model_args, sft, model=model, processor=processor, cache_dir=f"{work}/cache")
-    trainable = sum(s["trainable"] for s in stats["trainable"].values())
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    result = trainer.train()
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    samples = result.metrics["train_samples_per_second"]
-
+    runs = {}
+    for packed in (True, False):  # packed (sequences of up to 4,096 tokens, one per device batch), then the recipe as it is
+        model = build_model(family, (SMOKE if args.smoke else PUBLISHED)[family], processor, dtype)
+        n_params = sum(p.numel() for p in model.parameters())
+        sft = SFTConfig(output_dir=f"{work}/out_{family}", max_steps=args.steps, per_device_train_batch_size=1, gradient_accumulation_steps=4,
+                        learning_rate=5e-5, lr_scheduler_type="cosine", warmup_steps=0.05, bf16=cuda, use_cpu=not cuda,
+                        activation_checkpointing=cuda, max_length=4096 if packed else 2048, packing=packed, logging_steps=10,
+                        save_strategy="no", report_to="none", dataloader_num_workers=2 if cuda else 0)
+        trainer, qc, stats = training.make_trainer(data, parts, model_args, sft, model=model, processor=processor, cache_dir=f"{work}/cache")
+        trainable = sum(s["trainable"] for s in stats["trainable"].values())
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        result = trainer.train()
+        seconds = result.metrics["train_runtime"]
+        runs[packed] = {"samples": result.metrics["train_samples_per_second"] if not packed else
+                        stats["mixture"]["samples_per_epoch"] * result.global_step / stats["mixture"]["steps_per_epoch"] / seconds,
+                        "tokens": trainer._total_train_tokens / seconds,
+                        "peak": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
+                        "attention": model.config._attn_implementation}
+        if packed:  # the unpacked run's model generates below
+            del trainer, model
+            if cuda:
+                torch.cuda.empty_cache()
     model = trainer.model.eval()
     val = build_mixture(data, "validation", cache_dir=f"{work}/cache", **training.target_options(processor, qc.box_format))
     val = val.select(range(min(args.gen_batch, len(val))))
@@ -148,8 +161,11 @@ def run_family(family: str, args, work: str, cuda: bool) -> None:
     print(f"{family}: {n_params / 1e6:,.1f}M parameters ({trainable / 1e6:,.1f}M trainable LoRA), box format {qc.box_format}, "
           f"budget {qc.min_pixels}-{qc.max_pixels} px, {stats['train_rows']} rows "
           f"({stats['dropped_long_samples']} over max_length dropped)")
-    print(f"  training (LoRA r32 on all parts, bf16={cuda}, batch 1 x 4, gradient checkpointing={cuda}): {samples:.2f} samples/s "
-          f"over {args.steps} steps; peak GPU memory {peak:.1f} GiB")
+    for packed, run in sorted(runs.items()):
+        how = "packed, 1 sequence of <= 4,096 tokens x 4" if packed else "batch 1 x 4"
+        print(f"  training (LoRA r32 on all parts, bf16={cuda}, {how}, gradient checkpointing={cuda}, "
+              f"{run['attention']}): {run['samples']:.2f} samples/s, {run['tokens']:,.0f} tokens/s over {args.steps} steps; "
+              f"peak GPU memory {run['peak']:.1f} GiB")
     print(f"  generation: {statistics.median(rates):.0f} new tokens/s (batch {len(val)}, {args.new_tokens} tokens, median of 3)", flush=True)
     del trainer, model
     if cuda:

@@ -24,6 +24,7 @@ SMOKE = {  # script: (arguments, a line its output must hold)
     "generate_memory.py": (["--batches", "1", "--lengths", "3"], "peak memory of generation"),
     "gpu_real_size.py": (["--smoke", "--steps", "1", "--images", "8", "--gen-batch", "2", "--new-tokens", "4"], "CPU (smoke check"),
     "metric_speed.py": (["--images", "50", "--repeats", "1"], "COCOeval"),
+    "packing.py": (["--images", "60", "--cpu-images", "4", "--repeats", "1"], "real tokens/s"),
     "parse_speed.py": (["--megabytes", "0.02", "--repeats", "1"], "qwen2"),
     "predict_throughput.py": (["--before", str(ROOT), "--images", "4", "--repeats", "1", "--new-tokens", "2", "--workers", "1"], "speed-up"),
     "push_memory.py": (["--sizes", "40"], "qid push dataset --dry_run"),

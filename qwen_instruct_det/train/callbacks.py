@@ -200,12 +200,17 @@ def sft_trainer():
     from trl import SFTTrainer
 
     from .mixture import MixtureSampler
+    from .packing import PackedBatchSampler, PackingCollator, check_attention, packed_positions, rope_index_of
 
     class QidSFTTrainer(_resumes_full_weights(SFTTrainer)):
-        def __init__(self, *args, mixture=None, detection_scores: DetectionScores | None = None,
+        def __init__(self, *args, mixture=None, packer=None, detection_scores: DetectionScores | None = None,
                      checkpoint_files: CheckpointFiles | None = None, **kwargs):
-            self.mixture, self.detection_scores = mixture, detection_scores
+            self.mixture, self.packer, self.detection_scores = mixture, packer, detection_scores
             super().__init__(*args, **kwargs)
+            if packer is not None:  # TRL's collator makes the rows; ours joins them into packed sequences
+                pad = self.processing_class.tokenizer.pad_token_id
+                self.packing_collator = PackingCollator(self.data_collator, packer.capacity, pad, one_row=check_attention(self.model))
+                self.rope_index = rope_index_of(self.model)
             if checkpoint_files is not None:
                 self.add_callback(_callback_class()(checkpoint_files))
 
@@ -215,14 +220,51 @@ def sft_trainer():
 
         def _get_train_sampler(self, train_dataset=None):
             if self.mixture is not None:
-                return MixtureSampler(self.mixture)
+                grouped = self.args.train_sampling_strategy == "group_by_length"
+                return MixtureSampler(self.mixture, self.args.per_device_train_batch_size * self.args.world_size if grouped else None)
             return super()._get_train_sampler(train_dataset)
+
+        def get_train_dataloader(self):
+            if self.packer is None:
+                return super().get_train_dataloader()
+            from functools import partial
+
+            from torch.utils.data import DataLoader
+            from transformers.trainer_utils import seed_worker
+
+            args = self.args
+            params = {"batch_sampler": PackedBatchSampler(self.packer, self._train_batch_size), "collate_fn": self.packing_collator,
+                      "num_workers": args.dataloader_num_workers, "pin_memory": args.dataloader_pin_memory,
+                      "persistent_workers": args.dataloader_persistent_workers,
+                      "worker_init_fn": partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index)}
+            if args.dataloader_num_workers:
+                params["prefetch_factor"] = args.dataloader_prefetch_factor
+            return self.accelerator.prepare(DataLoader(self._remove_unused_columns(self.train_dataset, "training"), **params))
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            packed = self.packer is not None and inputs.get("position_ids") is not None and inputs["position_ids"].ndim == 2
+            if not packed:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs = {**inputs, "position_ids": packed_positions(self.rope_index, inputs)}
+            before = self._total_train_tokens
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if model.training:  # TRL counts a packed batch's sequences as its tokens; count the rows' tokens instead
+                real = (inputs["input_ids"] != self.packing_collator.pad_token_id).sum()
+                self._total_train_tokens = before + int(self.accelerator.gather_for_metrics(real.reshape(1)).sum())
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return result
+
+        def set_initial_training_values(self, args, dataloader):
+            values = list(super().set_initial_training_values(args, dataloader))
+            if self.packer is not None and args.max_steps > 0:  # a packed step holds rows, not total_train_batch_size samples
+                values[3] = round(self.mixture.samples_per_epoch * values[6] / values[1])
+            return tuple(values)
 
         def num_examples(self, dataloader) -> int:
             batches = getattr(dataloader, "batch_sampler", None)
             for _ in range(3):  # accelerate wraps the batch sampler once per process split
-                if isinstance(getattr(batches, "sampler", None), MixtureSampler):
-                    return len(batches.sampler)  # an epoch's samples, not the rows the configurations hold side by side
+                if isinstance(batches, PackedBatchSampler) or isinstance(getattr(batches, "sampler", None), MixtureSampler):
+                    return self.mixture.samples_per_epoch  # an epoch's samples, not the rows the configurations hold side by side
                 batches = getattr(batches, "batch_sampler", None)
             return super().num_examples(dataloader)
 

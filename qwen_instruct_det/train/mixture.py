@@ -158,14 +158,18 @@ class Mixture:
         kept = [self.lengths[1, part.start + (np.arange(part.size) if part.keep is None else part.keep)] for part in self.parts]
         return int(max((k.max() for k in kept if len(k)), default=0))
 
-    def schedule(self, batch_size: int, accumulation: int = 1, processes: int = 1, epochs: float = 1.0, max_steps: int = -1) -> dict:
+    def schedule(self, batch_size: int, accumulation: int = 1, processes: int = 1, epochs: float = 1.0, max_steps: int = -1,
+                 packing: dict | None = None) -> dict:
         """Samples per epoch, total samples and optimizer steps, counted as the trainer counts them (batches per process
-        rounded up, then steps per epoch rounded up; ``max_steps`` > 0 wins over ``epochs``)."""
-        batches = math.ceil(math.ceil(self.samples_per_epoch / batch_size) / processes)
+        rounded up, then steps per epoch rounded up; ``max_steps`` > 0 wins over ``epochs``). With ``packing`` (a
+        :class:`~qwen_instruct_det.train.packing.Packer`'s summary) a batch holds ``batch_size`` packed sequences."""
+        units = packing["sequences_per_epoch"] if packing else self.samples_per_epoch
+        batches = math.ceil(math.ceil(units / batch_size) / processes)
         steps_per_epoch = max(math.ceil(batches / accumulation), 1)
         steps = max_steps if max_steps > 0 else math.ceil(epochs * steps_per_epoch)
+        total = round(steps / steps_per_epoch * self.samples_per_epoch) if packing else steps * batch_size * accumulation * processes
         return {"samples_per_epoch": self.samples_per_epoch, "steps_per_epoch": steps_per_epoch, "optimizer_steps": steps,
-                "epochs": steps / steps_per_epoch, "total_samples": steps * batch_size * accumulation * processes}
+                "epochs": steps / steps_per_epoch, "total_samples": total, **({"packing": packing} if packing else {})}
 
     def summary(self, **schedule) -> dict:
         """Per configuration rows available, rows too long, rows per epoch and repeats; then the schedule (JSON-ready)."""
@@ -181,6 +185,10 @@ class Mixture:
         for name, p in info["configurations"].items():
             lines.append(f"{name:<16}{p['rows']:>12,}{p['too_long']:>10,}{p['rows_per_epoch']:>12,}{p['repeats']:>9.2f}")
         lines.append(f"one epoch ({info['epoch']}): {info['samples_per_epoch']:,} samples")
+        if "packing" in info:
+            p = info["packing"]
+            lines.append(f"packed: {p['sequences_per_epoch']:,} sequences of at most {p['max_length']:,} tokens per epoch "
+                         f"({p['rows_per_sequence']:.1f} rows each, {p['fill']:.0%} of their tokens filled)")
         if "optimizer_steps" in info:
             lines.append(f"training: {info['optimizer_steps']:,} optimizer steps ({info['steps_per_epoch']:,} per epoch, "
                          f"{info['epochs']:.3g} epochs), {info['total_samples']:,} samples")
@@ -188,10 +196,17 @@ class Mixture:
 
 
 class MixtureSampler:
-    """The trainer's sampler over a :class:`Mixture`: each epoch's rows, drawn by ``set_epoch`` (the trainer calls it)."""
+    """The trainer's sampler over a :class:`Mixture`: each epoch's rows, drawn by ``set_epoch`` (the trainer calls it).
 
-    def __init__(self, mixture: Mixture):
-        self.mixture = mixture
+    With ``group_batch`` (the rows of one step over all processes), the epoch's rows are ordered by transformers' length
+    grouping on their measured lengths (shuffled, then sorted by length within mega-batches of 50 steps), so that a
+    batch holds rows of similar length and pads less; the longest batch comes first.
+    """
+
+    def __init__(self, mixture: Mixture, group_batch: int | None = None):
+        if group_batch and mixture.lengths is None:
+            raise ValueError("grouping batches by length needs the mixture's token lengths; measure them first.")
+        self.mixture, self.group_batch = mixture, group_batch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -201,7 +216,14 @@ class MixtureSampler:
         return self.mixture.samples_per_epoch
 
     def __iter__(self):
-        return iter(self.mixture.epoch_indices(self.epoch).tolist())
+        rows = self.mixture.epoch_indices(self.epoch)
+        if self.group_batch:
+            import torch
+            from transformers.trainer_pt_utils import get_length_grouped_indices
+
+            generator = torch.Generator().manual_seed(self.mixture.seed * 100_003 + self.epoch)
+            rows = rows[get_length_grouped_indices(self.mixture.lengths[0, rows].tolist(), self.group_batch, generator=generator)]
+        return iter(rows.tolist())
 
 
 def load_mixture(data, split: str, cache_dir: str | None = None, **options) -> Mixture:

@@ -53,6 +53,9 @@ def make_trainer(data: DataArguments, parts: PartsArguments, model_args, sft_con
     if data.eval_detection_images and not data.eval_split:
         raise ValueError(f"eval_detection_images={data.eval_detection_images} scores held-out images of eval_split, which is not set; "
                          "pass --eval_split validation (or set eval_detection_images 0).")
+    if sft_config.train_sampling_strategy not in ("random", "group_by_length"):
+        raise ValueError(f"train_sampling_strategy={sft_config.train_sampling_strategy!r}: the mixture draws each epoch itself; use "
+                         "random (the default) or group_by_length (batches of rows of similar length, which pad less).")
     for split in filter(None, (data.train_split, data.eval_split)):  # the layout first, before any model file is read
         split_files(split, **builder_kwargs_of(data))
     if processor is None:
@@ -74,6 +77,8 @@ def make_trainer(data: DataArguments, parts: PartsArguments, model_args, sft_con
         model = load_model(model_args.model_name_or_path, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation,
                            trust_remote_code=getattr(model_args, "trust_remote_code", False))
     arguments = {"data": asdict(data), "parts": asdict(parts), "model": asdict(model_args), "max_length": sft_config.max_length}
+    packer = _packer(train, sft_config) if sft_config.packing else None
+    sft_config.packing = False  # TRL refuses to pack image rows; the packer does it (train/packing.py)
     sft_config.max_length = None  # over-long rows were left out above; never let the collator truncate image tokens
     trainable = parts.trainable_parts()
     peft_config = get_peft_config(model_args)
@@ -89,6 +94,9 @@ def make_trainer(data: DataArguments, parts: PartsArguments, model_args, sft_con
     )
     schedule = {"batch_size": sft_config.per_device_train_batch_size, "accumulation": sft_config.gradient_accumulation_steps,
                 "processes": sft_config.world_size, "epochs": sft_config.num_train_epochs, "max_steps": sft_config.max_steps}
+    if packer is not None:
+        packer.plan_schedule(**schedule)
+        schedule["packing"] = packer.summary()
     stats = {"dropped_long_samples": sum(p.dropped for p in train.parts), "train_rows": train.samples_per_epoch,
              "mixture": train.summary(**schedule), "arguments": arguments}
     if evaluation is not None:
@@ -98,7 +106,7 @@ def make_trainer(data: DataArguments, parts: PartsArguments, model_args, sft_con
     files = CheckpointFiles(processor, qid_config, lambda: run_record(trainer, stats))
     trainer = sft_trainer()(model=model, args=sft_config, train_dataset=decode_named(train.dataset),
                             eval_dataset=evaluation.drawn(0) if evaluation is not None else None, processing_class=processor,
-                            peft_config=peft_config, mixture=train, detection_scores=scoring, checkpoint_files=files)
+                            peft_config=peft_config, mixture=train, packer=packer, detection_scores=scoring, checkpoint_files=files)
     stats["trainable"] = trainable_summary(trainer.model)
     logger.info("trainable parameters per part:\n%s", format_summary(stats["trainable"]))
     logger.info("training data, %s split:\n%s", data.train_split, train.table(**schedule))
@@ -111,6 +119,21 @@ def _measured(data, split: str, processor, max_length: int | None, cache_dir, ta
     mixture.measure(processor)
     mixture.keep_shorter(max_length)
     return mixture
+
+
+def _packer(train, sft_config):
+    """The packer of ``--packing true``: TRL's option names, whole rows of at most ``max_length`` tokens per sequence."""
+    from .packing import Packer
+
+    if sft_config.max_length is None:
+        raise ValueError("--packing true packs rows into sequences of max_length tokens; set --max_length (e.g. 4096).")
+    if sft_config.packing_strategy not in ("bfd", "bfd_split"):
+        raise ValueError(f"packing_strategy={sft_config.packing_strategy!r} cuts rows across sequences, which would cut an image's "
+                         "tokens from its pixels; qid packs whole rows: use packing_strategy bfd (the default).")
+    if sft_config.padding_free:
+        raise ValueError("padding_free is TRL's packing of text rows, not of image rows; drop --padding_free: --packing true "
+                         "already trains without padding where flash attention is installed.")
+    return Packer(train, sft_config.max_length)
 
 
 def _detection_scores(data, processor, box_format: str, categories, longest: int, sft_config, cache_dir, targets: dict):
@@ -148,6 +171,7 @@ def run_record(trainer, stats: dict | None = None) -> dict:
     off, rows longer were left out), our arguments (``arguments``: data, parts, model and LoRA) and the run's statistics."""
     recipe = {k: v for k, v in trainer.args.to_dict().items() if isinstance(v, (str, int, float, bool, type(None)))}
     recipe.update(stats or {})
+    recipe["packing"] = bool(recipe.get("mixture", {}).get("packing"))  # the trainer's own flag is off: TRL does not pack images
     if "arguments" in recipe:
         recipe["max_length"] = recipe["arguments"]["max_length"]
     recipe["world_size"] = trainer.args.world_size
