@@ -164,7 +164,7 @@ def test_next_fit_cuts_a_batch_into_no_more_sequences_than_it_holds():
 
 
 def test_every_epoch_packs_the_same_samples_into_as_many_sequences(varied, tmp_path):
-    trainer, stats = _trainer(varied, "qwen2_vl", packing=True, max_length=300, num_train_epochs=3)
+    trainer, stats = _trainer(varied, "qwen2_vl", packing=True, max_length=140, num_train_epochs=3)
     packer, mix = trainer.packer, trainer.mixture
     counts = set()
     for epoch in range(3):
@@ -172,12 +172,21 @@ def test_every_epoch_packs_the_same_samples_into_as_many_sequences(varied, tmp_p
         counts.add(len(packs))
         rows = np.sort(np.concatenate(packs))
         assert np.array_equal(rows, np.sort(mix.epoch_indices(epoch)))  # the epoch's samples, each once
-        assert max(mix.lengths[0, p].sum() for p in packs) <= 300
+        assert max(mix.lengths[0, p].sum() for p in packs) <= 140
     assert counts == {packer.sequences}
     plan = stats["mixture"]["packing"]
-    assert plan["sequences_per_epoch"] == packer.sequences and plan["max_length"] == 300
+    assert plan["sequences_per_epoch"] == packer.sequences and plan["max_length"] == 140
     assert stats["mixture"]["steps_per_epoch"] == int(np.ceil(packer.sequences / 2))
     assert stats["mixture"]["samples_per_epoch"] == mix.samples_per_epoch
+
+
+def test_rows_longer_than_the_packing_length_are_left_out_and_counted(varied):
+    trainer, stats = _trainer(varied, "qwen2_vl", packing=True, max_length=80)
+    lengths = trainer.mixture.lengths[0]
+    too_long = int((lengths > 80).sum())
+    assert too_long > 0 and stats["dropped_long_samples"] == too_long  # as unpacked: never cut
+    packed = np.concatenate(trainer.packer.epoch(0))
+    assert lengths[packed].max() <= 80 and len(packed) == trainer.mixture.samples_per_epoch
 
 
 def test_packed_training_learns_and_saves_the_plan(varied, tmp_path):
@@ -255,3 +264,13 @@ def test_qid_train_packing_true_trains_packed_and_says_so(varied, tmp_path, capl
     record = json.loads((out / "training_args.json").read_text())
     assert record["packing"] is True and record["max_length"] == 600
     assert record["mixture"]["packing"]["sequences_per_epoch"] < record["mixture"]["samples_per_epoch"]
+
+
+def test_each_epoch_of_a_packed_run_reads_its_own_draw(varied, tmp_path):
+    trainer, stats = _trainer(varied, "qwen2_vl", packing=True, max_length=300, num_train_epochs=2, output_dir=str(tmp_path / "run"))
+    seen = []
+    plan = trainer.packer.epoch
+    trainer.packer.epoch = lambda epoch: seen.append(epoch) or plan(epoch)
+    result = trainer.train()
+    assert seen == [0, 1]  # the trainer's set_epoch reaches the batch sampler through accelerate's wrapper
+    assert result.global_step == 2 * stats["mixture"]["steps_per_epoch"]
