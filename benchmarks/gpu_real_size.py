@@ -167,9 +167,36 @@ def run_family(family: str, args, work: str, cuda: bool) -> None:
               f"{run['attention']}): {run['samples']:.2f} samples/s, {run['tokens']:,.0f} tokens/s over {args.steps} steps; "
               f"peak GPU memory {run['peak']:.1f} GiB")
     print(f"  generation: {statistics.median(rates):.0f} new tokens/s (batch {len(val)}, {args.new_tokens} tokens, median of 3)", flush=True)
+    if cuda and importlib.util.find_spec("vllm") is not None:  # qid predict --engine vllm's engine, where vLLM is installed
+        vllm_rate, startup = vllm_generation(model, processor, qc, val, args, f"{work}/vllm_{family}")
+        print(f"  generation with vLLM: {vllm_rate:.0f} new tokens/s (the same batch and tokens, median of 3; engine start-up {startup:.0f} s)",
+              flush=True)
     del trainer, model
     if cuda:
         torch.cuda.empty_cache()
+
+
+def vllm_generation(model, processor, qc, val, args, folder: str) -> tuple[float, float]:
+    """The trained model (LoRA merged) saved and served by qid predict's vLLM engine: new tokens/s on ``val``, start-up seconds."""
+    from qwen_instruct_det.models.vllm_engine import ServingPlan, VllmEngine
+
+    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    merged.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    t = time.perf_counter()
+    engine = VllmEngine(ServingPlan(model=folder, route="model"), processor, qc.budget, max_num_seqs=len(val), gpu_memory_utilization=0.5)
+    startup = time.perf_counter() - t
+    params = engine.sampling_params(args.new_tokens)
+    params.min_tokens, params.ignore_eos = args.new_tokens, True  # random weights: every answer runs to new_tokens, as above
+    requests = [{"prompt": processor.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False),
+                 "multi_modal_data": {"image": r["images"][0]}} for r in val]
+    rates = []
+    for _ in range(3):
+        t = time.perf_counter()
+        engine.llm.generate(requests, params, use_tqdm=False)
+        rates.append(len(val) * args.new_tokens / (time.perf_counter() - t))
+    engine.close()
+    return statistics.median(rates), startup
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ SMOKE = {  # script: (arguments, a line its output must hold)
     "metric_speed.py": (["--images", "50", "--repeats", "1"], "COCOeval"),
     "packing.py": (["--images", "60", "--cpu-images", "4", "--repeats", "1"], "real tokens/s"),
     "parse_speed.py": (["--megabytes", "0.02", "--repeats", "1"], "qwen2"),
+    "predict_engines.py": (["--images", "4", "--new-tokens", "2"], "answer tokens per image"),
     "predict_throughput.py": (["--before", str(ROOT), "--images", "4", "--repeats", "1", "--new-tokens", "2", "--workers", "1"], "speed-up"),
     "push_memory.py": (["--sizes", "40"], "qid push dataset --dry_run"),
     "rl_learning.py": (None, None),  # continues the demo's trained model for minutes: run it from benchmarks/, not here

@@ -189,7 +189,7 @@ def _show_evaluate(args, report: dict) -> None:
 
 def _show_predict(args, result: dict) -> None:
     print(f"wrote {result['written']} predictions to {result['out']} ({result['skipped_done']} already there, "
-          f"{result['truncated']} cut off at max_new_tokens={result['max_new_tokens']})")
+          f"{result['truncated']} cut off at max_new_tokens={result['max_new_tokens']}; engine: {result['engine']})")
 
 
 def _show_push(args, result: dict) -> None:

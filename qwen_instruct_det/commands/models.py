@@ -39,6 +39,9 @@ class _Predict:
                                                                    "accelerate launch or torchrun to split the images over GPUs."})
     confidence: str = field(default="decisive", metadata={"help": "How a box is scored from its tokens' probabilities: 'decisive' (their "
                                                                   "product) or 'mean' (see the README)."})
+    engine: str = field(default="transformers", metadata={"help": "What generates: 'transformers' (generate) or 'vllm' (vLLM's offline "
+                                                                 "LLM.generate: same prompts, budget, parsing and records; install it with "
+                                                                 "pip install -e \".[vllm]\")."})
 
 
 PredictArguments = with_options("PredictArguments", _Predict, exclude=OWN_FIELDS,
@@ -70,18 +73,30 @@ def predict(args) -> dict:
     counts = predict_to_file(model, processor, dataset, args.out, box_format=qc.box_format, batch_size=args.batch_size,
                              max_new_tokens=budget, categories=categories or None, crowd=crowd, header=header, workers=args.workers,
                              confidence=args.confidence)
-    return {**counts, "max_new_tokens": budget, "out": args.out, "box_format": qc.box_format}
+    served = f"vllm, serving {model.plan.describe()}" if args.engine == "vllm" else "transformers"
+    return {**counts, "max_new_tokens": budget, "out": args.out, "box_format": qc.box_format, "engine": served}
 
 
+ENGINES = ("transformers", "vllm")
+"""What ``qid predict --engine`` generates with."""
 _LOCATION = ("annotation_files", "image_dirs")
 """Builder options that say where the data is (with ``data_dir``): given on the command line, the saved ones are not used."""
 
 
 def _load(args):
-    """The model on this process's device (or spread by ``--device_map``), its processor and :class:`QidModelConfig`."""
+    """The model on this process's device (or spread by ``--device_map``), or a vLLM engine, its processor and
+    :class:`QidModelConfig`."""
     from ..models.inference import process_state
     from ..models.loading import load_for_inference
 
+    if args.engine not in ENGINES:
+        raise ValueError(f"--engine must be one of {ENGINES}, got {args.engine!r}.")
+    if args.engine == "vllm":
+        from ..models.vllm_engine import load_vllm
+
+        if args.device_map is not None:
+            raise ValueError("--device_map spreads a transformers model over GPUs; with --engine vllm leave it out.")
+        return load_vllm(args.model, base_model=args.base_model, box_format=args.box_format, dtype=args.dtype, max_num_seqs=args.batch_size)
     model, processor, qc = load_for_inference(args.model, base_model=args.base_model, dtype=args.dtype, device_map=args.device_map,
                                               box_format=args.box_format)
     if args.device_map is None:

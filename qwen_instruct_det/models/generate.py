@@ -92,24 +92,24 @@ def generate_ids(model, inputs: dict, max_new_tokens: int, **generate_kwargs):
 def generate(model, processor, images: list, prompts: list[list[dict]], max_new_tokens: int = 512, **generate_kwargs) -> list[Generation]:
     """Batched generation (greedy, left-padded) for one batch of (images, prompt messages): the answers with their tokens'
     probabilities."""
-    import torch
-
     texts = [processor.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
     new, logprobs = generate_ids(model, _processor_call(processor, images, texts, model.device), max_new_tokens, **generate_kwargs)
-    probs = torch.exp(logprobs.float()).cpu().numpy()
-    tok = processor.tokenizer
+    logprobs = logprobs.float().cpu().numpy()
+    return [answer_generation(processor.tokenizer, row, lp) for row, lp in zip(new.tolist(), logprobs)]
+
+
+def answer_generation(tok, ids: list[int], logprobs) -> Generation:
+    """One answer's generated token ids and their log-probabilities as a :class:`Generation`: cut at the end of turn (or the
+    padding after it), decoded, each token's probability and where it ends in the text (every engine answers through this)."""
     end_of_turn = {tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id}
-    results = []
-    for row, p in zip(new.tolist(), probs):
-        ids, ended = [], False
-        for tid in row:
-            if tid in end_of_turn or tid == tok.pad_token_id:
-                ended = tid in end_of_turn
-                break
-            ids.append(tid)
-        text, ends = _text_and_token_ends(tok, ids)
-        results.append(Generation(text, p[: len(ids)], ends, ended))
-    return results
+    kept, ended = [], False
+    for tid in ids:
+        if tid in end_of_turn or tid == tok.pad_token_id:
+            ended = tid in end_of_turn
+            break
+        kept.append(tid)
+    text, ends = _text_and_token_ends(tok, kept)
+    return Generation(text, np.exp(np.asarray(logprobs, dtype=np.float32)[: len(kept)]), ends, ended)
 
 
 def _text_and_token_ends(tok, ids: list[int]) -> tuple[str, np.ndarray]:

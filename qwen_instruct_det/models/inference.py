@@ -102,7 +102,9 @@ def _truth(row: dict, crowd: Mapping[int, dict] | None) -> dict:
 
 def _predict_batch(model, processor, batch, fmt, max_new_tokens, categories, crowd=None, confidence="decisive"):
     images = [[im for im, _ in opened] for _, opened in batch]
-    gens = generate(model, processor, images, [row["prompt"] for row, _ in batch], max_new_tokens)
+    prompts = [row["prompt"] for row, _ in batch]
+    # an engine that answers itself (vllm_engine.VllmEngine) stands where the transformers model stands
+    gens = model.answers(images, prompts, max_new_tokens) if hasattr(model, "answers") else generate(model, processor, images, prompts, max_new_tokens)
     budget = ImageBudget.of(processor)
     for (row, ((_, path), *_)), gen in zip(batch, gens):
         w, h = int(row["width"]), int(row["height"])

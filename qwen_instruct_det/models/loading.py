@@ -93,17 +93,10 @@ def load_trained(path: str, base_model: str | None = None, *, trainable: bool = 
     folder = Path(path)
     saved = QidModelConfig.load(folder) if folder.is_dir() else None
     load = {"dtype": dtype, "attn_implementation": attn_implementation, "trust_remote_code": trust_remote_code, "device_map": device_map}
-    adapter = folder / "adapter_config.json"
-    base = None
-    if adapter.is_file():
+    base = base_of(path, base_model)
+    if base is not None:
         from peft import PeftModel
 
-        base = base_model or json.loads(adapter.read_text()).get("base_model_name_or_path")
-        if not base:
-            raise ValueError(f"{adapter}: the adapter names no base model; pass base_model (--base_model) or set "
-                             "base_model_name_or_path in it.")
-        if base_model is None and not Path(base).is_absolute() and not Path(base).exists() and (folder / base).is_dir():
-            base = str(folder / base)  # saved relative to where training ran; found beside the adapter
         model = PeftModel.from_pretrained(load_model(base, **load), str(folder), is_trainable=trainable)
     else:
         model = load_model(str(path), **load)
@@ -123,7 +116,42 @@ def load_for_inference(path: str, base_model: str | None = None, dtype: str | No
     ``box_format`` overrides either (with a warning where it disagrees).
     """
     model, processor, qid_config = load_trained(path, base_model, dtype=dtype, device_map=device_map)
-    family = model_type(model)
+    qid_config = _inference_config(path, model_type(model), processor, qid_config, box_format)
+    model.eval()
+    return model, processor, qid_config
+
+
+def base_of(path: str, base_model: str | None = None) -> str | None:
+    """The base model an adapter folder loads onto (``base_model``, else the one it names, found beside it when saved relative);
+    None for a folder that is no adapter."""
+    folder = Path(path)
+    adapter = folder / "adapter_config.json"
+    if not adapter.is_file():
+        return None
+    base = base_model or json.loads(adapter.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{adapter}: the adapter names no base model; pass base_model (--base_model) or set "
+                         "base_model_name_or_path in it.")
+    if base_model is None and not Path(base).is_absolute() and not Path(base).exists() and (folder / base).is_dir():
+        base = str(folder / base)  # saved relative to where training ran; found beside the adapter
+    return base
+
+
+def load_without_weights(path: str, base_model: str | None = None, box_format: str | None = None):
+    """Processor and :class:`QidModelConfig` as :func:`load_for_inference` gives them, without loading any weight (for an
+    engine that loads the weights itself, such as vLLM)."""
+    folder = Path(path)
+    saved = QidModelConfig.load(folder) if folder.is_dir() else None
+    base = base_of(path, base_model)
+    has_processor = any((folder / name).is_file() for name in _PROCESSOR_FILES)
+    processor = load_processor(str(folder) if has_processor else (base or str(path)), saved.min_pixels if saved else None,
+                               saved.max_pixels if saved else None)
+    family = checkpoint_family(base or str(path))
+    return processor, _inference_config(path, family, processor, saved, box_format)
+
+
+def _inference_config(path: str, family: str | None, processor, qid_config, box_format: str | None) -> QidModelConfig:
+    """The saved config with ``box_format`` applied, or (a plain checkpoint) its family's format, prompt and own budget."""
     if qid_config is None:
         fmt = box_format_for(family, box_format)
         qid_config = QidModelConfig(box_format=fmt, model_type=family, base_model=str(path), detection_prompt=zero_shot_prompt(fmt),
@@ -132,8 +160,7 @@ def load_for_inference(path: str, base_model: str | None = None, dtype: str | No
         logger.warning("box format %r overrides %r, the format %s was trained to answer in (qid_config.json)", box_format,
                        qid_config.box_format, path)
         qid_config.box_format = box_format_for(family, box_format)
-    model.eval()
-    return model, processor, qid_config
+    return qid_config
 
 
 def merge(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, base_model: str | None = None) -> Path:

@@ -81,6 +81,25 @@ def detection_rows(args: GrpoArguments, qc: QidModelConfig, split: str, cache_di
     return decode_named(rows.select_columns(["images", "prompt", "completion", "objects", "width", "height"]))  # broken files named
 
 
+def _vllm_budget(grpo_config, budget: ImageBudget):
+    """With ``use_vllm`` colocated, TRL's vLLM engine made to resize with ``budget`` (as the rewards and qid predict do); else nothing.
+
+    In server mode the server resizes with what it was started with: start it on a folder whose processor has the budget.
+    """
+    import contextlib
+
+    if not getattr(grpo_config, "use_vllm", False):
+        return contextlib.nullcontext()
+    if getattr(grpo_config, "vllm_mode", "colocate") != "colocate":
+        logger.warning("vllm_mode %r: the vLLM server resizes images with the processor it loaded; start it on the trained folder "
+                       "(its processor holds the budget %s) so that generation sees what the rewards score", grpo_config.vllm_mode,
+                       budget.as_options())
+        return contextlib.nullcontext()
+    from ..models.vllm_engine import trl_vllm_budget
+
+    return trl_vllm_budget(budget)
+
+
 def make_trainer(args: GrpoArguments, model_args, grpo_config, cache_dir: str | None = None, reward_funcs: list | None = None):
     """A ``GRPOTrainer`` ready to train, and the :class:`QidModelConfig` that travels with its output.
 
@@ -112,8 +131,9 @@ def make_trainer(args: GrpoArguments, model_args, grpo_config, cache_dir: str | 
         set_trainable_parts(model, args.trainable_parts())
     reward_funcs = reward_funcs or make_rewards(args, qc, processor, end_token_ids(model, processor.tokenizer))
     hub_token_out_of_args(grpo_config)
-    trainer = grpo_trainer()(model=model, reward_funcs=reward_funcs, args=grpo_config, train_dataset=train, eval_dataset=evaluation,
-                          processing_class=processor, peft_config=peft_config)
+    with _vllm_budget(grpo_config, qc.budget or ImageBudget.of(processor)):
+        trainer = grpo_trainer()(model=model, reward_funcs=reward_funcs, args=grpo_config, train_dataset=train, eval_dataset=evaluation,
+                              processing_class=processor, peft_config=peft_config)
     summary = trainable_summary(trainer.model)
     logger.info("trainable parameters per part:\n%s", format_summary(summary))
     stats = {"train_rows": len(train), "trainable": summary, "grpo_start": model_args.model_name_or_path,
