@@ -274,3 +274,14 @@ def test_each_epoch_of_a_packed_run_reads_its_own_draw(varied, tmp_path):
     result = trainer.train()
     assert seen == [0, 1]  # the trainer's set_epoch reaches the batch sampler through accelerate's wrapper
     assert result.global_step == 2 * stats["mixture"]["steps_per_epoch"]
+
+
+def test_an_epoch_the_schedule_did_not_plan_says_what_it_cannot_read(varied, caplog):
+    import logging
+
+    trainer, _ = _trainer(varied, "qwen2_vl", packing=True, max_length=140, num_train_epochs=1)
+    packer = trainer.packer
+    packer.sequences = len(packer.epoch(0)) - 1  # as if the schedule had planned one sequence fewer than epoch 0 packs into
+    with caplog.at_level(logging.WARNING, logger="qwen_instruct_det.train.packing"):
+        packer.epoch(0)
+    assert "the last 1 are not read" in caplog.text

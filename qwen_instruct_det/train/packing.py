@@ -107,7 +107,12 @@ class Packer:
         """Epoch ``epoch``'s sequences (rows of the mixture's dataset), as many as every other epoch's."""
         if not self.sequences:
             self.plan_epochs(epoch + 1)
-        return split_to(self._plan(epoch), self.sequences)
+        packs = self._plan(epoch)
+        if len(packs) > self.sequences:  # an epoch the schedule did not plan (the trainer reads only its step count)
+            logger.warning("epoch %d packs into %d sequences, more than the %d planned per epoch: the last %d are not read; "
+                           "start the run with num_train_epochs or max_steps covering every epoch it trains", epoch, len(packs),
+                           self.sequences, len(packs) - self.sequences)
+        return split_to(packs, self.sequences)
 
     def fill(self, epoch: int = 0) -> float:
         """The fraction of the sequences' capacity that rows fill in epoch ``epoch``."""
