@@ -133,8 +133,7 @@ def run_family(family: str, args, work: str, cuda: bool) -> None:
             torch.cuda.reset_peak_memory_stats()
         result = trainer.train()
         seconds = result.metrics["train_runtime"]
-        runs[packed] = {"samples": result.metrics["train_samples_per_second"] if not packed else
-                        stats["mixture"]["samples_per_epoch"] * result.global_step / stats["mixture"]["steps_per_epoch"] / seconds,
+        runs[packed] = {"samples": result.metrics["train_samples_per_second"],  # rows, packed or not (the trainer counts them)
                         "tokens": trainer._total_train_tokens / seconds,
                         "peak": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
                         "attention": model.config._attn_implementation}

@@ -94,10 +94,10 @@ def _adapter_weight_names(adapter: Path) -> list[str]:
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no such file; vLLM serves adapters saved as safetensors (qid train writes them). Merge "
                                 f"the adapter first (qid merge {adapter} --out MERGED) and predict with the merged folder.")
-    with open(weights, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
-    return [name for name in header if name != "__metadata__"]
+    from safetensors import safe_open
+
+    with safe_open(weights, framework="np") as f:
+        return list(f.keys())
 
 
 def language_model_only(names: list[str]) -> bool:
